@@ -1,0 +1,177 @@
+//! Light's XDP program.
+//!
+//! Parses Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 or IPv6, and UDP. A frame
+//! whose destination is multicast and whose UDP destination port is in `LIGHT_PORTS` is
+//! redirected to the AF_XDP socket registered for its rx queue in `LIGHT_XSKS`; every
+//! other frame, and a matched frame with no socket, goes to the normal stack (`XDP_PASS`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use light_common::maps::{COUNTER_COUNT, Counter, MAX_PORTS, MAX_QUEUES};
+
+#[map(name = "LIGHT_XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[map(name = "LIGHT_PORTS")]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "LIGHT_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const UDP_HLEN: usize = 8;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_UDP: u8 = 17;
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Returns a pointer to `len` bytes at `off` if they lie inside the frame.
+#[inline(always)]
+fn ptr_at(ctx: &XdpContext, off: usize, len: usize) -> Option<*const u8> {
+    let start = ctx.data();
+    if start + off + len > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const u8)
+}
+
+#[inline(always)]
+fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
+    let p = ptr_at(ctx, off, 2)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(u16::from_be_bytes(unsafe { [*p, *p.add(1)] }))
+}
+
+#[inline(always)]
+fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
+    let p = ptr_at(ctx, off, 1)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(unsafe { *p })
+}
+
+/// What the parser concluded about a frame.
+enum Verdict {
+    /// Not ours: hand to the stack.
+    Pass,
+    /// Claims headers it does not have.
+    Malformed,
+    /// Multicast UDP to a Light port.
+    Light,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let Some(mut ethertype) = be16(ctx, 12) else {
+        return Verdict::Malformed;
+    };
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(inner) = be16(ctx, ETH_HLEN + 2) else {
+            return Verdict::Malformed;
+        };
+        ethertype = inner;
+        l3 += VLAN_HLEN;
+    }
+    let l4 = match ethertype {
+        ETH_P_IP => {
+            let Some(vihl) = byte(ctx, l3) else {
+                return Verdict::Malformed;
+            };
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || ptr_at(ctx, l3, ihl).is_none() {
+                return Verdict::Malformed;
+            }
+            let (Some(proto), Some(frag), Some(dst0)) =
+                (byte(ctx, l3 + 9), be16(ctx, l3 + 6), byte(ctx, l3 + 16))
+            else {
+                return Verdict::Malformed;
+            };
+            // Only unfragmented datagrams carry a UDP header we can trust; Light never fragments.
+            if proto != IPPROTO_UDP || dst0 & 0xf0 != 0xe0 || frag & 0x3fff != 0 {
+                return Verdict::Pass;
+            }
+            l3 + ihl
+        }
+        ETH_P_IPV6 => {
+            let (Some(next), Some(dst0)) = (byte(ctx, l3 + 6), byte(ctx, l3 + 24)) else {
+                return Verdict::Malformed;
+            };
+            if ptr_at(ctx, l3, IPV6_HLEN).is_none() {
+                return Verdict::Malformed;
+            }
+            // Light sends no extension headers; anything else is not ours.
+            if next != IPPROTO_UDP || dst0 != 0xff {
+                return Verdict::Pass;
+            }
+            l3 + IPV6_HLEN
+        }
+        _ => return Verdict::Pass,
+    };
+    let (Some(dport), Some(ulen)) = (be16(ctx, l4 + 2), be16(ctx, l4 + 4)) else {
+        return Verdict::Malformed;
+    };
+    // SAFETY: the map holds plain u8 values; a shared read is fine.
+    if unsafe { PORTS.get(&dport) }.is_none() {
+        return Verdict::Pass;
+    }
+    let ulen = ulen as usize;
+    if ulen < UDP_HLEN || ptr_at(ctx, l4, ulen).is_none() {
+        return Verdict::Malformed;
+    }
+    Verdict::Light
+}
+
+/// Entry point: steer Light multicast into AF_XDP, pass everything else.
+#[xdp]
+pub fn light_xdp(ctx: XdpContext) -> u32 {
+    bump(Counter::Seen);
+    match classify(&ctx) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Malformed => {
+            bump(Counter::Malformed);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Light => {
+            bump(Counter::Matched);
+            // The low bits of the flags are the action when no socket sits on this queue.
+            match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
+                Ok(action) if action == xdp_action::XDP_REDIRECT => {
+                    bump(Counter::Redirected);
+                    action
+                }
+                Ok(action) | Err(action) => {
+                    bump(Counter::RedirectFailed);
+                    action
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
