@@ -1,0 +1,2 @@
+//! The `light` command.
+fn main() {}

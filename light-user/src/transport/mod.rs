@@ -1,0 +1,4 @@
+//! Data-plane I/O: the receive path (AF_XDP or socket) and the batched send path.
+
+pub mod rx;
+pub mod tx;
