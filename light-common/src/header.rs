@@ -194,7 +194,9 @@ mod tests {
     #[test]
     fn magic_is_ascii_on_the_wire() {
         let mut buf = [0u8; HEADER_LEN];
-        DataHeader::new(PacketKind::End, 7).write_to(&mut buf).unwrap();
+        DataHeader::new(PacketKind::End, 7)
+            .write_to(&mut buf)
+            .unwrap();
         assert_eq!(&buf[..4], b"LGHT");
         assert_eq!(buf[4], VERSION);
         assert_eq!(&buf[8..12], &7u32.to_le_bytes());

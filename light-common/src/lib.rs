@@ -7,5 +7,5 @@
 pub mod header;
 pub mod maps;
 
-pub use header::{DataHeader, HeaderError, PacketKind, HEADER_LEN, MAGIC, MAC_LEN, VERSION};
-pub use maps::{Counter, COUNTER_COUNT};
+pub use header::{DataHeader, HEADER_LEN, HeaderError, MAC_LEN, MAGIC, PacketKind, VERSION};
+pub use maps::{COUNTER_COUNT, Counter};

@@ -1,1 +1,157 @@
-//! Receive path.
+//! Receive path: XDP + AF_XDP (kernel bypass) with a `recvmmsg` socket fallback.
+//!
+//! Both paths deliver the same UDP payloads to the same consumer callback, in batches.
+
+pub mod frame;
+pub mod socket;
+pub mod xdp;
+
+use std::{net::IpAddr, time::Duration};
+
+pub use socket::SocketRx;
+pub use xdp::{AttachMode, XdpRx};
+
+/// Errors of the receive path, each with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum RxError {
+    /// No interface of that name.
+    #[error("network interface `{0}` not found")]
+    InterfaceNotFound(String),
+    /// The embedded eBPF object could not be loaded (usually a privilege problem).
+    #[error("loading the XDP program failed (needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
+    Load(Box<aya::EbpfError>),
+    /// The program was refused by the verifier or the kernel.
+    #[error("the kernel refused the XDP program: {0}")]
+    Program(Box<aya::programs::ProgramError>),
+    /// No attach mode was accepted by the interface.
+    #[error("cannot attach XDP to `{iface}` (driver and skb mode refused): {source}")]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// The last refusal.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The eBPF object lacks a map or program this build expects.
+    #[error("the XDP object has no `{0}`")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("XDP map `{0}`: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    /// An AF_XDP socket step failed.
+    #[error("AF_XDP on rx queue {queue}: {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Xsk {
+        /// Rx queue index.
+        queue: u32,
+        /// The step that failed.
+        op: &'static str,
+        /// errno.
+        errno: i32,
+    },
+    /// A socket call failed.
+    #[error("{op}: {source}")]
+    Socket {
+        /// The call that failed.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Receive counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxStats {
+    /// Light payloads handed to the consumer.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Frames dropped because they did not parse (or were truncated).
+    pub malformed: u64,
+    /// Non-empty batches read.
+    pub batches: u64,
+}
+
+/// Which receive path to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxPath {
+    /// XDP + AF_XDP; falls back to the socket unless `insist` is set.
+    Xdp {
+        /// How to attach the program.
+        mode: AttachMode,
+        /// Fail instead of falling back to the socket path.
+        insist: bool,
+    },
+    /// Plain UDP socket with `recvmmsg`.
+    Socket,
+}
+
+/// Where and how to receive.
+#[derive(Clone, Debug)]
+pub struct RxConfig {
+    /// Interface facing the sender.
+    pub iface: String,
+    /// Multicast group.
+    pub group: IpAddr,
+    /// UDP port.
+    pub port: u16,
+    /// Path choice.
+    pub path: RxPath,
+    /// Largest datagram expected (sizes the socket path's buffers).
+    pub max_datagram: usize,
+}
+
+/// An open receive path.
+pub enum Receiver {
+    /// Kernel bypass.
+    Xdp(Box<XdpRx>),
+    /// Socket fallback.
+    Socket(SocketRx),
+}
+
+impl Receiver {
+    /// Opens the configured path. Returns the receiver and, if it fell back to the socket
+    /// path, the reason XDP could not be used.
+    pub fn open(cfg: &RxConfig) -> Result<(Self, Option<RxError>), RxError> {
+        let socket = || SocketRx::open(&cfg.iface, cfg.group, cfg.port, cfg.max_datagram);
+        match cfg.path {
+            RxPath::Socket => Ok((Receiver::Socket(socket()?), None)),
+            RxPath::Xdp { mode, insist } => {
+                match XdpRx::open(&cfg.iface, cfg.group, cfg.port, mode) {
+                    Ok(x) => Ok((Receiver::Xdp(Box::new(x)), None)),
+                    Err(e) if insist => Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "XDP unavailable, using the socket receive path");
+                        Ok((Receiver::Socket(socket()?), Some(e)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a batch and hands each Light payload to `sink`.
+    pub fn recv_batch(
+        &mut self,
+        timeout: Duration,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RxError> {
+        match self {
+            Receiver::Xdp(x) => x.recv_batch(timeout, sink),
+            Receiver::Socket(s) => s.recv_batch(timeout, sink),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RxStats {
+        match self {
+            Receiver::Xdp(x) => x.stats(),
+            Receiver::Socket(s) => s.stats(),
+        }
+    }
+
+    /// Human-readable description of the path in use.
+    pub fn describe(&self) -> String {
+        match self {
+            Receiver::Xdp(x) => x.describe(),
+            Receiver::Socket(_) => "UDP socket (recvmmsg)".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Sans-IO parsing of raw Ethernet frames (as found in the AF_XDP UMEM) down to the UDP payload.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Why a raw frame yielded no UDP payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frame ends before a header it claims.
+    #[error("frame truncated")]
+    Truncated,
+    /// Not IPv4/IPv6 UDP (the XDP program should not have redirected it).
+    #[error("not an IP/UDP frame")]
+    NotUdp,
+    /// Header fields disagree with each other or with the frame length.
+    #[error("inconsistent IP/UDP lengths")]
+    BadLength,
+}
+
+/// The parts of a UDP datagram the receiver uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address (the multicast group).
+    pub dst: IpAddr,
+    /// UDP destination port.
+    pub dst_port: u16,
+    /// UDP payload.
+    pub payload: &'a [u8],
+}
+
+fn be16(b: &[u8], off: usize) -> Result<u16, FrameError> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_be_bytes([s[0], s[1]]))
+        .ok_or(FrameError::Truncated)
+}
+
+/// Parses Ethernet (optionally one 802.1Q/802.1ad tag), IPv4 or IPv6, and UDP.
+pub fn parse_udp(frame: &[u8]) -> Result<Datagram<'_>, FrameError> {
+    let mut ethertype = be16(frame, 12)?;
+    let mut l3 = 14;
+    if ethertype == 0x8100 || ethertype == 0x88A8 {
+        ethertype = be16(frame, 16)?;
+        l3 += 4;
+    }
+    let (src, dst, l4, ip_end) = match ethertype {
+        0x0800 => {
+            let ip = frame.get(l3..l3 + 20).ok_or(FrameError::Truncated)?;
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 17 {
+                return Err(FrameError::NotUdp);
+            }
+            let total = usize::from(be16(frame, l3 + 2)?);
+            if total < ihl + 8 || l3 + total > frame.len() {
+                return Err(FrameError::BadLength);
+            }
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), l3 + ihl, l3 + total)
+        }
+        0x86DD => {
+            let ip = frame.get(l3..l3 + 40).ok_or(FrameError::Truncated)?;
+            if ip[6] != 17 {
+                return Err(FrameError::NotUdp);
+            }
+            let plen = usize::from(be16(frame, l3 + 4)?);
+            if plen < 8 || l3 + 40 + plen > frame.len() {
+                return Err(FrameError::BadLength);
+            }
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&ip[8..24]);
+            d.copy_from_slice(&ip[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                l3 + 40,
+                l3 + 40 + plen,
+            )
+        }
+        _ => return Err(FrameError::NotUdp),
+    };
+    let dst_port = be16(frame, l4 + 2)?;
+    let ulen = usize::from(be16(frame, l4 + 4)?);
+    if ulen < 8 || l4 + ulen > ip_end {
+        return Err(FrameError::BadLength);
+    }
+    Ok(Datagram {
+        src,
+        dst,
+        dst_port,
+        payload: &frame[l4 + 8..l4 + ulen],
+    })
+}
+
+/// Builds an Ethernet/IP/UDP frame around `payload` (tests and the loopback benchmark).
+pub fn build_udp_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0x01, 0x00, 0x5e, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total = (20 + udp_len) as u16;
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0x40, 0, 1, 17, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (s, d) => {
+            let to6 = |a: IpAddr| match a {
+                IpAddr::V4(v) => v.to_ipv6_mapped(),
+                IpAddr::V6(v) => v,
+            };
+            f.extend_from_slice(&0x86DDu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            f.extend_from_slice(&[17, 1]);
+            f.extend_from_slice(&to6(s).octets());
+            f.extend_from_slice(&to6(d).octets());
+        }
+    }
+    f.extend_from_slice(&udp);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn v4() -> (IpAddr, IpAddr) {
+        (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3)),
+        )
+    }
+
+    #[test]
+    fn ipv4_roundtrip() {
+        let (s, d) = v4();
+        let f = build_udp_frame(s, d, 1000, 7000, b"hello");
+        let dg = parse_udp(&f).unwrap();
+        assert_eq!(
+            (dg.src, dg.dst, dg.dst_port, dg.payload),
+            (s, d, 7000, &b"hello"[..])
+        );
+    }
+
+    #[test]
+    fn ipv6_roundtrip() {
+        let s: IpAddr = "fd00::1".parse().unwrap();
+        let d: IpAddr = "ff02::1:2".parse().unwrap();
+        let f = build_udp_frame(s, d, 1, 2, b"x");
+        let dg = parse_udp(&f).unwrap();
+        assert_eq!((dg.dst, dg.payload), (d, &b"x"[..]));
+    }
+
+    #[test]
+    fn vlan_tag_is_skipped() {
+        let (s, d) = v4();
+        let mut f = build_udp_frame(s, d, 1, 9, b"tagged");
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+        assert_eq!(parse_udp(&f).unwrap().payload, b"tagged");
+    }
+
+    #[test]
+    fn ethernet_padding_is_ignored() {
+        let (s, d) = v4();
+        let mut f = build_udp_frame(s, d, 1, 9, b"ab");
+        f.resize(60, 0);
+        assert_eq!(parse_udp(&f).unwrap().payload, b"ab");
+    }
+
+    proptest! {
+        #[test]
+        fn truncated_frames_are_errors(cut in 0usize..60, payload in proptest::collection::vec(any::<u8>(), 0..30)) {
+            let (s, d) = v4();
+            let f = build_udp_frame(s, d, 1, 9, &payload);
+            prop_assume!(cut < f.len());
+            prop_assert!(parse_udp(&f[..cut]).is_err());
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = parse_udp(&bytes);
+        }
+    }
+}

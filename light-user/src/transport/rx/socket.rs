@@ -1,0 +1,206 @@
+//! Fallback receive path: a UDP socket joined to the group, read with `recvmmsg` batches.
+
+use std::{
+    io,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{RxError, RxStats};
+
+/// Datagrams read per `recvmmsg` call.
+pub const BATCH: usize = 64;
+/// Receive buffer requested from the kernel; large so a burst survives a scheduling hiccup.
+const RCVBUF: usize = 32 << 20;
+
+/// Resolves an interface name to its index.
+pub fn ifindex(iface: &str) -> Result<u32, RxError> {
+    let name =
+        std::ffi::CString::new(iface).map_err(|_| RxError::InterfaceNotFound(iface.to_owned()))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        Err(RxError::InterfaceNotFound(iface.to_owned()))
+    } else {
+        Ok(idx)
+    }
+}
+
+/// Opens a UDP socket bound to `port` (0 for any) and joined to `group` on interface `ifindex`.
+///
+/// Joining makes the host send IGMP/MLD reports, so switches with snooping deliver the group.
+pub fn joined_socket(group: IpAddr, port: u16, ifindex: u32) -> Result<Socket, RxError> {
+    let ctx = |op: &'static str| move |source: io::Error| RxError::Socket { op, source };
+    let domain = if group.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(ctx("socket"))?;
+    sock.set_reuse_address(true).map_err(ctx("SO_REUSEADDR"))?;
+    sock.set_reuse_port(true).map_err(ctx("SO_REUSEPORT"))?;
+    // Binding to the group address keeps unrelated traffic to the same port out.
+    let bind = SocketAddr::new(if port == 0 { unspecified(group) } else { group }, port);
+    sock.bind(&bind.into()).map_err(ctx("bind"))?;
+    match group {
+        IpAddr::V4(g) => sock
+            .join_multicast_v4_n(&g, &socket2::InterfaceIndexOrAddress::Index(ifindex))
+            .map_err(ctx("IP_ADD_MEMBERSHIP"))?,
+        IpAddr::V6(g) => sock
+            .join_multicast_v6(&g, ifindex)
+            .map_err(ctx("IPV6_JOIN_GROUP"))?,
+    }
+    Ok(sock)
+}
+
+fn unspecified(group: IpAddr) -> IpAddr {
+    match group {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// A multicast UDP socket read with `recvmmsg`.
+pub struct SocketRx {
+    sock: Socket,
+    bufs: Vec<Vec<u8>>,
+    stats: RxStats,
+}
+
+impl SocketRx {
+    /// Joins `group` on `iface` and binds `port`; `max_datagram` sizes the receive buffers.
+    pub fn open(
+        iface: &str,
+        group: IpAddr,
+        port: u16,
+        max_datagram: usize,
+    ) -> Result<Self, RxError> {
+        let sock = joined_socket(group, port, ifindex(iface)?)?;
+        // Root may exceed rmem_max with SO_RCVBUFFORCE; fall back to the capped request.
+        if force_rcvbuf(&sock, RCVBUF).is_err() {
+            let _ = sock.set_recv_buffer_size(RCVBUF);
+        }
+        Ok(Self {
+            sock,
+            bufs: vec![vec![0u8; max_datagram]; BATCH],
+            stats: RxStats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RxStats {
+        self.stats
+    }
+
+    /// Waits up to `timeout` for datagrams, then hands every payload of one batch to `sink`.
+    pub fn recv_batch(
+        &mut self,
+        timeout: Duration,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RxError> {
+        if !poll_in(self.sock.as_raw_fd(), timeout)? {
+            return Ok(0);
+        }
+        let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
+        for (i, buf) in self.bufs.iter_mut().enumerate() {
+            iov[i].write(libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            });
+            // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov[i].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 1;
+            hdrs[i].write(h);
+        }
+        // SAFETY: every header points at a live iovec over a live buffer of the stated length.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                hdrs.as_mut_ptr().cast(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(RxError::Socket {
+                    op: "recvmmsg",
+                    source: e,
+                }),
+            };
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().take(n).enumerate() {
+            // SAFETY: the kernel filled the first `n` headers.
+            let h = unsafe { h.assume_init_ref() };
+            let len = h.msg_len as usize;
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.stats.malformed += 1;
+                continue;
+            }
+            self.stats.packets += 1;
+            self.stats.bytes += len as u64;
+            sink(&self.bufs[i][..len]);
+        }
+        self.stats.batches += 1;
+        Ok(n)
+    }
+}
+
+fn force_rcvbuf(sock: &Socket, bytes: usize) -> io::Result<()> {
+    let v = bytes as libc::c_int;
+    // SAFETY: passes a pointer to a live c_int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Waits until any of `fds` is readable or `timeout` passes; returns whether one is.
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> Result<bool, RxError> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is a live slice of pollfd of the given length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(RxError::Socket {
+            op: "poll",
+            source: e,
+        });
+    }
+    Ok(rc > 0)
+}
+
+fn poll_in(fd: libc::c_int, timeout: Duration) -> Result<bool, RxError> {
+    poll_fds(
+        &mut [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }],
+        timeout,
+    )
+}

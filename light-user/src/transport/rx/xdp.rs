@@ -1,0 +1,419 @@
+//! Kernel-bypass receive path: Light's XDP program steers matching frames into one AF_XDP
+//! socket per rx queue (via `xdpilone`), whose UMEM this module drains and refills.
+
+use std::{net::IpAddr, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, PerCpuArray, XskMap},
+    programs::{Xdp, XdpMode},
+};
+use light_common::maps::{COUNTER_MAP, Counter, PORT_MAP, XSK_MAP};
+use socket2::Socket as StdSocket;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+use super::{
+    RxError, RxStats,
+    frame::parse_udp,
+    socket::{ifindex, joined_socket, poll_fds},
+};
+
+/// The compiled XDP program, built by `light-user/build.rs` from `light-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIGHT_EBPF_OBJ"));
+
+/// UMEM frame size: one page, room for a jumbo-less frame with headroom.
+const FRAME_SIZE: u32 = 4096;
+/// Frames (and fill/rx ring slots) per rx queue.
+const FRAMES: u32 = 8192;
+/// Descriptors read per ring pass.
+const RX_BATCH: u32 = 256;
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Driver (native) mode, falling back to skb (generic) mode.
+    #[default]
+    Auto,
+    /// Native XDP in the driver only.
+    Driver,
+    /// Generic XDP in the kernel stack only.
+    Skb,
+}
+
+impl AttachMode {
+    fn attempts(self) -> &'static [XdpMode] {
+        match self {
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            AttachMode::Driver => &[XdpMode::Driver],
+            AttachMode::Skb => &[XdpMode::Skb],
+        }
+    }
+}
+
+/// The loaded and attached program with its maps. Dropping it detaches the program.
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    mode: XdpMode,
+}
+
+impl XdpProgram {
+    /// Loads the program, registers `ports`, and attaches it to `iface`.
+    pub fn attach(iface: &str, ports: &[u16], mode: AttachMode) -> Result<Self, RxError> {
+        let ifindex = ifindex(iface)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| RxError::Load(Box::new(e)))?;
+        {
+            let map = ebpf
+                .map_mut(PORT_MAP)
+                .ok_or(RxError::MissingMap(PORT_MAP))?;
+            let mut ports_map: BpfHashMap<_, u16, u8> =
+                BpfHashMap::try_from(map).map_err(|e| RxError::Map(PORT_MAP, e))?;
+            for &p in ports {
+                ports_map
+                    .insert(p, 1, 0)
+                    .map_err(|e| RxError::Map(PORT_MAP, e))?;
+            }
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut("light_xdp")
+            .ok_or(RxError::MissingMap("light_xdp program"))?
+            .try_into()
+            .map_err(|e| RxError::Program(Box::new(e)))?;
+        prog.load().map_err(|e| RxError::Program(Box::new(e)))?;
+        let mut last = None;
+        for &m in mode.attempts() {
+            match prog.attach_to_if_index(ifindex, m) {
+                Ok(_) => return Ok(Self { ebpf, mode: m }),
+                Err(e) => {
+                    tracing::debug!(iface, mode = ?m, error = %e, "XDP attach refused");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(RxError::Attach {
+            iface: iface.to_owned(),
+            source: Box::new(last.expect("at least one attach mode is tried")),
+        })
+    }
+
+    /// Whether the program runs in the driver (true) or in generic skb mode.
+    pub fn is_driver_mode(&self) -> bool {
+        self.mode == XdpMode::Driver
+    }
+
+    /// Registers an AF_XDP socket for `queue`.
+    fn register(&mut self, queue: u32, fd: libc::c_int) -> Result<(), RxError> {
+        let map = self
+            .ebpf
+            .map_mut(XSK_MAP)
+            .ok_or(RxError::MissingMap(XSK_MAP))?;
+        let mut xsks = XskMap::try_from(map).map_err(|e| RxError::Map(XSK_MAP, e))?;
+        // SAFETY: `fd` is the live AF_XDP socket owned by the queue that calls this.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        xsks.set(queue, fd, 0).map_err(|e| RxError::Map(XSK_MAP, e))
+    }
+
+    /// The program's per-CPU counters summed over CPUs, indexed by [`Counter`].
+    pub fn counters(&self) -> Result<[u64; Counter::ALL.len()], RxError> {
+        let map = self
+            .ebpf
+            .map(COUNTER_MAP)
+            .ok_or(RxError::MissingMap(COUNTER_MAP))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+        let mut out = [0u64; Counter::ALL.len()];
+        for c in Counter::ALL {
+            let v = arr
+                .get(&(c as u32), 0)
+                .map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+            out[c as usize] = v.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Page-aligned anonymous memory backing one UMEM.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> Result<Self, RxError> {
+        // SAFETY: anonymous private mapping; no file or address constraints.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(RxError::Socket {
+                op: "mmap UMEM",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+
+    fn as_slice_ptr(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.ptr, self.len)
+    }
+
+    /// The `len` bytes at `addr`, if inside the area.
+    fn bytes(&self, addr: u64, len: u32) -> Option<&[u8]> {
+        let end = addr.checked_add(u64::from(len))?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); the kernel wrote this frame and handed it to us
+        // through the rx ring, and will not touch it until we return it on the fill ring.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(addr as usize), len as usize)
+        })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`, after the rings using it dropped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One AF_XDP socket on one rx queue with its own UMEM.
+struct XskQueue {
+    // Field order is drop order: rings and sockets go before the memory they point into.
+    rx: RingRx,
+    fill: DeviceQueue,
+    _user: User,
+    _umem: Umem,
+    area: Area,
+    /// Frames owned by userspace, waiting to go back on the fill ring.
+    free: Vec<u64>,
+    zero_copy: bool,
+}
+
+impl XskQueue {
+    fn open(ifname: &std::ffi::CStr, queue: u32, zero_copy: bool) -> Result<Self, RxError> {
+        let err = |op: &'static str| {
+            move |e: xdpilone::Errno| RxError::Xsk {
+                queue,
+                op,
+                errno: e.get_raw().abs(),
+            }
+        };
+        let area = Area::new((FRAMES * FRAME_SIZE) as usize)?;
+        let cfg = UmemConfig {
+            fill_size: FRAMES,
+            complete_size: 64,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a live, page-aligned mapping that outlives the Umem (field order).
+        let umem = unsafe { Umem::new(cfg, area.as_slice_ptr()) }.map_err(err("UMEM register"))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(ifname).map_err(err("interface lookup"))?;
+        info.set_queue(queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(err("socket"))?;
+        let fill = umem.fq_cq(&sock).map_err(err("fill/completion rings"))?;
+        let mode = if zero_copy {
+            SocketConfig::XDP_BIND_ZEROCOPY
+        } else {
+            SocketConfig::XDP_BIND_COPY
+        };
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(FRAMES),
+                    tx_size: None,
+                    bind_flags: mode | SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(err("rx ring"))?;
+        let rx = user.map_rx().map_err(err("map rx ring"))?;
+        umem.bind(&user).map_err(err(if zero_copy {
+            "bind (zero-copy)"
+        } else {
+            "bind (copy)"
+        }))?;
+        let mut q = Self {
+            rx,
+            fill,
+            _user: user,
+            _umem: umem,
+            area,
+            free: (0..FRAMES).map(|i| u64::from(i * FRAME_SIZE)).collect(),
+            zero_copy,
+        };
+        q.refill();
+        Ok(q)
+    }
+
+    fn refill(&mut self) {
+        if self.free.is_empty() {
+            return;
+        }
+        let n = {
+            let mut w = self.fill.fill(self.free.len() as u32);
+            let n = w.insert(self.free.iter().rev().copied()) as usize;
+            w.commit();
+            n
+        };
+        self.free.truncate(self.free.len() - n);
+        if self.fill.needs_wakeup() {
+            self.fill.wake();
+        }
+    }
+
+    fn drain(&mut self, port: u16, stats: &mut RxStats, sink: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        {
+            let mut r = self.rx.receive(RX_BATCH);
+            while let Some(desc) = r.read() {
+                n += 1;
+                match self.area.bytes(desc.addr, desc.len).map(parse_udp) {
+                    Some(Ok(dg)) if dg.dst_port == port => {
+                        stats.packets += 1;
+                        stats.bytes += dg.payload.len() as u64;
+                        sink(dg.payload);
+                    }
+                    _ => stats.malformed += 1,
+                }
+                // Any address inside the chunk identifies it for the fill ring; keep the base.
+                self.free
+                    .push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
+            }
+            r.release();
+        }
+        if n > 0 {
+            stats.batches += 1;
+        }
+        self.refill();
+        n
+    }
+}
+
+/// Receives Light datagrams through XDP + AF_XDP on every rx queue of an interface.
+pub struct XdpRx {
+    queues: Vec<XskQueue>,
+    program: XdpProgram,
+    _membership: StdSocket,
+    port: u16,
+    stats: RxStats,
+}
+
+impl XdpRx {
+    /// Attaches the program to `iface`, opens a socket per rx queue (zero-copy first, copy
+    /// mode as fallback) and joins `group` so switches forward it.
+    pub fn open(iface: &str, group: IpAddr, port: u16, mode: AttachMode) -> Result<Self, RxError> {
+        let idx = ifindex(iface)?;
+        let mut program = XdpProgram::attach(iface, &[port], mode)?;
+        let name =
+            std::ffi::CString::new(iface).map_err(|_| RxError::InterfaceNotFound(iface.into()))?;
+        let mut queues = Vec::new();
+        for q in 0..rx_queue_count(iface) {
+            let xsk = match XskQueue::open(&name, q, true) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(queue = q, error = %e, "zero-copy AF_XDP refused, using copy mode");
+                    XskQueue::open(&name, q, false)?
+                }
+            };
+            program.register(q, xsk.rx.as_raw_fd())?;
+            queues.push(xsk);
+        }
+        // Bound to an ephemeral port: it only holds the membership, the data goes to AF_XDP.
+        let membership = joined_socket(group, 0, idx)?;
+        Ok(Self {
+            queues,
+            program,
+            _membership: membership,
+            port,
+            stats: RxStats::default(),
+        })
+    }
+
+    /// Human-readable description of the path in use.
+    pub fn describe(&self) -> String {
+        let zc = self.queues.iter().all(|q| q.zero_copy);
+        format!(
+            "AF_XDP ({} mode, XDP in {} mode, {} rx queue{})",
+            if zc { "zero-copy" } else { "copy" },
+            if self.program.is_driver_mode() {
+                "driver"
+            } else {
+                "skb"
+            },
+            self.queues.len(),
+            if self.queues.len() == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Whether every queue bound in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.queues.iter().all(|q| q.zero_copy)
+    }
+
+    /// The attached program (for its counters).
+    pub fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RxStats {
+        self.stats
+    }
+
+    /// Drains every queue; if all were empty waits up to `timeout` and drains again.
+    pub fn recv_batch(
+        &mut self,
+        timeout: Duration,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RxError> {
+        let mut n = self.drain_all(sink);
+        if n == 0 && !timeout.is_zero() {
+            let mut fds: Vec<libc::pollfd> = self
+                .queues
+                .iter()
+                .map(|q| libc::pollfd {
+                    fd: q.rx.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            if poll_fds(&mut fds, timeout)? {
+                n = self.drain_all(sink);
+            }
+        }
+        Ok(n)
+    }
+
+    fn drain_all(&mut self, sink: &mut dyn FnMut(&[u8])) -> usize {
+        let (port, stats) = (self.port, &mut self.stats);
+        self.queues
+            .iter_mut()
+            .map(|q| q.drain(port, stats, sink))
+            .sum()
+    }
+}
+
+/// Number of rx queues of `iface` (at least 1), from sysfs.
+pub fn rx_queue_count(iface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
