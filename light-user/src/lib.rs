@@ -5,6 +5,7 @@
 //! ([`transport`], the control channel's tokio glue, [`catalog`] storage) stay thin.
 
 pub mod catalog;
+pub mod cli;
 pub mod coding;
 pub mod control;
 pub mod fec;

@@ -1,2 +1,5 @@
 //! The `light` command.
-fn main() {}
+
+fn main() -> anyhow::Result<()> {
+    light::cli::main()
+}

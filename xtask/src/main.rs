@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: set up the toolchain, build, test, run the demo, benchmark.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demo driver for Light")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install nightly rust-src, bpf-linker (LLVM 22) and the Debian packages the tests use.
+    Setup,
+    /// Set up, then build the XDP program and the `light` binary (release).
+    Build,
+    /// Set up, then run formatting and lint checks and every test (needs root for XDP tests).
+    Test,
+    /// Benchmarks: `rx` compares the AF_XDP and socket receive paths on a veth testbed.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value = "rx")]
+        which: Bench,
+        /// Packets per run.
+        #[arg(long, default_value_t = 400_000)]
+        packets: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// AF_XDP vs socket receive path.
+    Rx,
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => xtask::setup::all(),
+        Cmd::Build => {
+            xtask::setup::all()?;
+            cargo(&["build", "--release", "-p", "light-user"])
+        }
+        Cmd::Test => {
+            xtask::setup::all()?;
+            xtask::netns::require_root()?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&["test", "--workspace", "--", "--test-threads", "2"])
+        }
+        Cmd::Bench {
+            which: Bench::Rx,
+            packets,
+        } => {
+            xtask::setup::all()?;
+            cargo(&["build", "--release", "-p", "light-user"])?;
+            xtask::bench::rx(packets)
+        }
+    }
+}

@@ -118,6 +118,8 @@ pub fn build_udp_frame(
             f.extend_from_slice(&[0, 0, 0x40, 0, 1, 17, 0, 0]);
             f.extend_from_slice(&s.octets());
             f.extend_from_slice(&d.octets());
+            let sum = ipv4_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
         }
         (s, d) => {
             let to6 = |a: IpAddr| match a {
@@ -134,6 +136,18 @@ pub fn build_udp_frame(
     }
     f.extend_from_slice(&udp);
     f
+}
+
+/// The IPv4 header checksum of `header` (with its checksum field zero).
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -157,6 +171,14 @@ mod tests {
             (dg.src, dg.dst, dg.dst_port, dg.payload),
             (s, d, 7000, &b"hello"[..])
         );
+    }
+
+    #[test]
+    fn ipv4_checksum_verifies() {
+        let (s, d) = v4();
+        let f = build_udp_frame(s, d, 1000, 7000, b"hello");
+        // A header including its checksum sums to 0xffff, so the checksum of it is zero.
+        assert_eq!(ipv4_checksum(&f[14..34]), 0);
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! The `light` command line: argument parsing and the glue from subcommands to the library.
+
+mod listen;
+
+use clap::{Parser, Subcommand};
+
+/// Light delivers large files from one server to many receivers on a LAN: coded caching
+/// over multicast, Reed–Solomon repair, and an XDP/AF_XDP receive path.
+#[derive(Debug, Parser)]
+#[command(name = "light", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive Light packets on a multicast group and report what arrived (diagnostics and
+    /// the receive-path benchmark).
+    Listen(listen::Args),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Listen(a) => listen::run(a),
+    }
+}
+
+/// A flag set by Ctrl-C / SIGTERM so loops can stop and release XDP cleanly.
+pub(crate) fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || f.store(true, std::sync::atomic::Ordering::SeqCst))?;
+    Ok(flag)
+}

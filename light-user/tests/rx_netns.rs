@@ -1,0 +1,375 @@
+//! The receive path on real network namespaces: XDP + AF_XDP and the socket fallback must
+//! deliver the same Light packets byte for byte, other traffic must still reach the stack,
+//! and no XDP program may remain after the receiver exits. Needs root (CI runs as root).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use light::transport::rx::{AttachMode, Receiver, RxConfig, RxPath, frame::build_udp_frame};
+use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
+use xtask::netns::{Testbed, enter, in_ns, require_root};
+
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 77, 1, 1);
+const PORT: u16 = 7711;
+const PACKETS: u32 = 4000;
+/// Largest Light payload in one 1500-byte IPv4 frame.
+const MAX_PAYLOAD: usize = 1500 - 20 - 8 - HEADER_LEN;
+
+fn packet(seq: u32) -> Vec<u8> {
+    let sizes = [0, 1, 63, 512, 1000, MAX_PAYLOAD];
+    let len = sizes[seq as usize % sizes.len()];
+    let mut h = DataHeader::new(PacketKind::Probe, 42);
+    h.seq = seq;
+    h.payload_len = len as u16;
+    let mut p = vec![0u8; HEADER_LEN + len];
+    h.write_to(&mut p).unwrap();
+    for (i, b) in p[HEADER_LEN..].iter_mut().enumerate() {
+        *b = (seq as usize * 31 + i * 7) as u8;
+    }
+    p
+}
+
+/// Sends every test packet from the server namespace; paced gently so the socket path
+/// (the slower one) sees no kernel-side drops either.
+fn send_all(bed: &Testbed) {
+    let server = bed.server.clone();
+    thread::scope(|s| {
+        s.spawn(move || {
+            enter(&server.ns).unwrap();
+            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
+            socket2::SockRef::from(&sock)
+                .set_multicast_if_v4(&server.addr)
+                .unwrap();
+            let dst = SocketAddr::new(IpAddr::V4(GROUP), PORT);
+            for seq in 0..PACKETS {
+                sock.send_to(&packet(seq), dst).unwrap();
+                if seq % 32 == 31 {
+                    thread::sleep(Duration::from_micros(500));
+                }
+            }
+        });
+    });
+}
+
+/// Opens `path` in the first receiver's namespace, collects `PACKETS` packets (or gives up
+/// after a bounded wait), and returns them with the XDP counters if XDP was used.
+fn receive(bed: &Testbed, path: RxPath) -> (Vec<Vec<u8>>, Option<[u64; 5]>, String) {
+    let host = bed.receivers[0].clone();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        enter(&host.ns).unwrap();
+        let cfg = RxConfig {
+            iface: host.iface.clone(),
+            group: IpAddr::V4(GROUP),
+            port: PORT,
+            path,
+            max_datagram: 2048,
+        };
+        let (mut rx, fallback) = Receiver::open(&cfg).expect("open receive path");
+        assert!(fallback.is_none(), "unexpected fallback: {fallback:?}");
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < PACKETS as usize && Instant::now() < deadline {
+            rx.recv_batch(Duration::from_millis(50), &mut |p| got.push(p.to_vec()))
+                .unwrap();
+        }
+        let counters = match &rx {
+            Receiver::Xdp(x) => Some(x.program().counters().unwrap()),
+            Receiver::Socket(_) => None,
+        };
+        (got, counters, rx.describe())
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("receiver ready");
+    // Let the IGMP join settle on the bridge.
+    thread::sleep(Duration::from_millis(200));
+    send_all(bed);
+    handle.join().unwrap()
+}
+
+fn assert_all_identical(got: &[Vec<u8>]) {
+    assert_eq!(got.len(), PACKETS as usize, "every packet must arrive");
+    let mut seen = vec![false; PACKETS as usize];
+    for p in got {
+        let (h, _) = DataHeader::parse(p).expect("valid Light packet");
+        assert_eq!(p, &packet(h.seq), "bytes differ for seq {}", h.seq);
+        assert!(
+            !std::mem::replace(&mut seen[h.seq as usize], true),
+            "duplicate {}",
+            h.seq
+        );
+    }
+}
+
+fn xdp_attached(bed: &Testbed) -> bool {
+    let h = &bed.receivers[0];
+    let out = bed
+        .command(h, "ip")
+        .args(["link", "show", "dev", &h.iface])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+#[test]
+fn xdp_and_socket_paths_receive_identical_bytes() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let (xdp, counters, desc) = receive(
+        &bed,
+        RxPath::Xdp {
+            mode: AttachMode::Auto,
+            insist: true,
+        },
+    );
+    eprintln!("XDP path: {desc}");
+    assert!(desc.contains("AF_XDP"));
+    assert_all_identical(&xdp);
+    let c = counters.unwrap();
+    assert!(
+        c[Counter::Redirected as usize] >= u64::from(PACKETS),
+        "counters {c:?}"
+    );
+    assert!(
+        !xdp_attached(&bed),
+        "XDP program must be detached when the receiver is dropped"
+    );
+
+    let (sock, counters, desc) = receive(&bed, RxPath::Socket);
+    assert!(counters.is_none() && desc.contains("socket"));
+    assert_all_identical(&sock);
+}
+
+#[test]
+fn skb_mode_attaches_and_receives() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let (got, _, desc) = receive(
+        &bed,
+        RxPath::Xdp {
+            mode: AttachMode::Skb,
+            insist: true,
+        },
+    );
+    assert!(desc.contains("skb mode"), "{desc}");
+    assert_all_identical(&got);
+}
+
+/// While the program is attached, ping, unicast UDP and multicast to another port reach the
+/// normal stack, and frames with lying lengths are counted as malformed, not crashed on.
+#[test]
+fn other_traffic_passes_and_malformed_frames_are_counted() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let host = bed.receivers[0].clone();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let rx_thread = thread::spawn(move || {
+        enter(&host.ns).unwrap();
+        let cfg = RxConfig {
+            iface: host.iface.clone(),
+            group: IpAddr::V4(GROUP),
+            port: PORT,
+            path: RxPath::Xdp {
+                mode: AttachMode::Auto,
+                insist: true,
+            },
+            max_datagram: 2048,
+        };
+        let (mut rx, _) = Receiver::open(&cfg).unwrap();
+        // Normal-stack listeners: unicast on another port, multicast on a non-Light port.
+        let uni = UdpSocket::bind((host.addr, 9999)).unwrap();
+        let other = light::transport::rx::socket::joined_socket(
+            IpAddr::V4(GROUP),
+            PORT + 1,
+            light::transport::rx::socket::ifindex(&host.iface).unwrap(),
+        )
+        .unwrap();
+        let other: UdpSocket = other.into();
+        uni.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = uni.recv(&mut buf).expect("unicast UDP reaches the stack");
+        assert_eq!(&buf[..n], b"unicast");
+        let n = other
+            .recv(&mut buf)
+            .expect("multicast on another port reaches the stack");
+        assert_eq!(&buf[..n], b"other-port");
+        // Keep polling AF_XDP while the malformed frames arrive.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done_rx.try_recv().is_err() && Instant::now() < deadline {
+            rx.recv_batch(Duration::from_millis(20), &mut |_| {})
+                .unwrap();
+        }
+        match &rx {
+            Receiver::Xdp(x) => x.program().counters().unwrap(),
+            Receiver::Socket(_) => unreachable!("insisted on XDP"),
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let r = bed.receivers[0].addr.to_string();
+    in_ns(&bed.server.ns, &["ping", "-c", "2", "-W", "2", &r]).expect("ping passes XDP");
+    let server = bed.server.clone();
+    let target = bed.receivers[0].addr;
+    thread::spawn(move || {
+        enter(&server.ns).unwrap();
+        let s = UdpSocket::bind((server.addr, 0)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_multicast_if_v4(&server.addr)
+            .unwrap();
+        s.send_to(b"unicast", (target, 9999)).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.send_to(b"other-port", (GROUP, PORT + 1)).unwrap();
+        // Raw frames to the Light port whose UDP length exceeds the datagram. The IP total
+        // length is kept truthful: a bridge with br_netfilter drops frames that lie about it.
+        let raw = raw_socket(&server.iface);
+        for cut in [30usize, 40, 45] {
+            let f = build_udp_frame(
+                IpAddr::V4(server.addr),
+                IpAddr::V4(GROUP),
+                1,
+                PORT,
+                &[7u8; 64],
+            );
+            let mut f = f[..f.len() - cut].to_vec();
+            let ip_len = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            f[24..26].fill(0);
+            let sum = light::transport::rx::frame::ipv4_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            send_raw(&raw, &f);
+        }
+    })
+    .join()
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    done_tx.send(()).unwrap();
+    let c = rx_thread.join().unwrap();
+    assert!(
+        c[Counter::Malformed as usize] >= 3,
+        "malformed counted: {c:?}"
+    );
+    assert_eq!(
+        c[Counter::Redirected as usize],
+        0,
+        "nothing valid was sent to the Light port"
+    );
+}
+
+fn raw_socket(iface: &str) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd is a fresh, valid descriptor we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = light::transport::rx::socket::ifindex(iface).unwrap() as i32;
+    addr.sll_halen = 6;
+    addr.sll_protocol = 0x0800u16.to_be();
+    (fd, addr)
+}
+
+fn send_raw((fd, addr): &(std::os::fd::OwnedFd, libc::sockaddr_ll), frame: &[u8]) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: frame and addr are live for the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        n,
+        frame.len() as isize,
+        "raw send: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `light listen` in a receiver namespace, stopped by SIGINT, leaves no XDP program behind.
+#[test]
+fn sigint_detaches_the_program() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let h = &bed.receivers[0];
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.ns,
+            env!("CARGO_BIN_EXE_light"),
+            "listen",
+            "--iface",
+            &h.iface,
+        ])
+        .args(["--require-xdp", "--port", &PORT.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !xdp_attached(&bed) && Instant::now() < deadline {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "light listen exited early"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_attached(&bed), "light listen attached XDP");
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("light listen did not stop on SIGINT");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit on SIGINT: {status}");
+    assert!(!xdp_attached(&bed), "no XDP program remains after SIGINT");
+}
+
+/// Without privilege or with a missing interface the error says why.
+#[test]
+fn missing_interface_is_a_clear_error() {
+    let cfg = RxConfig {
+        iface: "no-such-if0".into(),
+        group: IpAddr::V4(GROUP),
+        port: PORT,
+        path: RxPath::Xdp {
+            mode: AttachMode::Auto,
+            insist: true,
+        },
+        max_datagram: 2048,
+    };
+    let err = Receiver::open(&cfg).err().expect("must fail").to_string();
+    assert!(
+        err.contains("no-such-if0") && err.contains("not found"),
+        "{err}"
+    );
+}

@@ -1,0 +1,238 @@
+//! Test hosts in network namespaces: one server and N receivers, each with a veth into a
+//! bridge that lives in its own namespace, so loss can be injected on a bridge port.
+//!
+//! Names are unique per testbed, everything is removed on drop (also when a test panics),
+//! and addresses live only inside these namespaces.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// One test host.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Network namespace name.
+    pub ns: String,
+    /// Its interface towards the bridge.
+    pub iface: String,
+    /// Its IPv4 address.
+    pub addr: Ipv4Addr,
+    /// The bridge-side veth peer (where loss rules attach).
+    pub bridge_port: String,
+}
+
+/// A bridge with a server and receivers, each in its own namespace.
+pub struct Testbed {
+    /// The bridge's namespace.
+    pub bridge_ns: String,
+    /// The sending host.
+    pub server: Host,
+    /// The receiving hosts.
+    pub receivers: Vec<Host>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args)
+}
+
+/// Runs a command to completion, failing with its stderr.
+pub fn run(prog: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {prog} (is it installed? `cargo xtask setup`)"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `args` inside namespace `ns`.
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+impl Testbed {
+    /// Builds a bridge with a server and `receivers` receivers, all links up with `mtu`.
+    pub fn new(receivers: usize, mtu: u32) -> Result<Self> {
+        anyhow::ensure!(
+            (1..=200).contains(&receivers),
+            "1..=200 receivers supported"
+        );
+        // pid + counter keeps names unique across parallel tests and concurrent runs.
+        let id = format!(
+            "{:x}{:x}",
+            std::process::id() & 0xffff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let net = 10 + (std::process::id() % 200) as u8;
+        let sub = (COUNTER.load(Ordering::Relaxed) % 250) as u8;
+        let bridge_ns = format!("lt{id}br");
+        let mk = |name: &str, n: u8| Host {
+            ns: format!("lt{id}{name}"),
+            iface: format!("lt{id}{name}"),
+            addr: Ipv4Addr::new(10, net, sub, n),
+            bridge_port: format!("lt{id}{name}p"),
+        };
+        let server = mk("s", 1);
+        let receivers: Vec<Host> = (0..receivers)
+            .map(|i| mk(&format!("r{i}"), 10 + i as u8))
+            .collect();
+        let bed = Self {
+            bridge_ns,
+            server,
+            receivers,
+        };
+        // From here on Drop cleans up whatever was created, also on a failed step.
+        bed.build(mtu)?;
+        Ok(bed)
+    }
+
+    fn build(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        let br = &self.bridge_ns;
+        ip(&["netns", "add", br])?;
+        in_ns(
+            br,
+            &[
+                "ip",
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        in_ns(br, &["ip", "link", "set", "br0", "mtu", &mtu, "up"])?;
+        for h in self.hosts() {
+            ip(&["netns", "add", &h.ns])?;
+            ip(&[
+                "link",
+                "add",
+                &h.iface,
+                "netns",
+                &h.ns,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &h.bridge_port,
+                "netns",
+                br,
+                "mtu",
+                &mtu,
+            ])?;
+            in_ns(
+                br,
+                &["ip", "link", "set", &h.bridge_port, "master", "br0", "up"],
+            )?;
+            in_ns(&h.ns, &["ip", "link", "set", "lo", "up"])?;
+            in_ns(
+                &h.ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", h.addr),
+                    "dev",
+                    &h.iface,
+                ],
+            )?;
+            in_ns(&h.ns, &["ip", "link", "set", &h.iface, "up"])?;
+            // Multicast leaves through the test link, not a default route that does not exist.
+            in_ns(
+                &h.ns,
+                &["ip", "route", "add", "224.0.0.0/4", "dev", &h.iface],
+            )?;
+            in_ns(
+                &h.ns,
+                &[
+                    "ip", "-6", "route", "add", "ff00::/8", "dev", &h.iface, "table", "local",
+                ],
+            )
+            .ok();
+        }
+        Ok(())
+    }
+
+    /// The server followed by the receivers.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        std::iter::once(&self.server).chain(self.receivers.iter())
+    }
+
+    /// A command that runs `prog` inside `host`'s namespace.
+    pub fn command(&self, host: &Host, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.ns, prog]);
+        c
+    }
+
+    /// Drops `per_mille`/1000 of the UDP packets to `port` on their way to `receiver`
+    /// (an nftables bridge rule, before the receiver's XDP hook).
+    pub fn set_loss(&self, receiver: usize, port: u16, per_mille: u32) -> Result<()> {
+        let h = &self.receivers[receiver];
+        let rules = format!(
+            "table bridge lossy {{ chain fw {{ type filter hook forward priority 0; policy accept; \
+             oifname \"{}\" udp dport {port} numgen random mod 1000 < {per_mille} counter drop }} }}",
+            h.bridge_port
+        );
+        in_ns(&self.bridge_ns, &["nft", &rules])
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth ends and the bridge with it.
+        for ns in self
+            .hosts()
+            .map(|h| h.ns.clone())
+            .chain([self.bridge_ns.clone()])
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Moves the calling thread (only it) into namespace `ns`.
+pub fn enter(ns: &str) -> Result<()> {
+    let f =
+        File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+    // SAFETY: a valid namespace fd; CLONE_NEWNET switches only this thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns({ns}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Fails unless running as root (namespaces, XDP and AF_XDP need it).
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this needs root (network namespaces, XDP); CI runs as root");
+    }
+    Ok(())
+}
