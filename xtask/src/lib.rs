@@ -5,5 +5,6 @@
 //! eBPF toolchain that `light-user` needs exists.
 
 pub mod bench;
+pub mod demo;
 pub mod netns;
 pub mod setup;

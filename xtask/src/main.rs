@@ -20,6 +20,9 @@ enum Cmd {
     Build,
     /// Set up, then run formatting and lint checks and every test (needs root for XDP tests).
     Test,
+    /// Set up, build, and run a demo delivery: a server and receivers in network
+    /// namespaces, receivers asking for different files with caches filled.
+    Run(xtask::demo::DemoArgs),
     /// Benchmarks: `rx` compares the AF_XDP and socket receive paths on a veth testbed.
     Bench {
         /// Which benchmark.
@@ -68,6 +71,11 @@ fn main() -> Result<()> {
                 "warnings",
             ])?;
             cargo(&["test", "--workspace", "--", "--test-threads", "2"])
+        }
+        Cmd::Run(a) => {
+            xtask::setup::all()?;
+            cargo(&["build", "--release", "-p", "light-user"])?;
+            xtask::demo::run(&a)
         }
         Cmd::Bench {
             which: Bench::Rx,
