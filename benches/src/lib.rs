@@ -1,1 +1,1 @@
-//! Shared helpers for the benches.
+//! Criterion benches for Light's hot paths live in `benches/`; this library is empty.

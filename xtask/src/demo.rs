@@ -88,7 +88,10 @@ impl Drop for Guard {
 /// Runs the demo and prints the server's report and each receiver's outcome.
 pub fn run(a: &DemoArgs) -> Result<()> {
     crate::netns::require_root()?;
-    ensure!(a.files >= 1 && a.receivers >= 1, "need at least one file and one receiver");
+    ensure!(
+        a.files >= 1 && a.receivers >= 1,
+        "need at least one file and one receiver"
+    );
     let tmp;
     let work = match &a.workdir {
         Some(w) => w.clone(),
@@ -99,7 +102,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     };
     let lib = work.join("library");
     fs::create_dir_all(&lib)?;
-    eprintln!("demo: writing {} files of {} MiB in {}", a.files, a.file_mib, lib.display());
+    eprintln!(
+        "demo: writing {} files of {} MiB in {}",
+        a.files,
+        a.file_mib,
+        lib.display()
+    );
     for i in 0..a.files {
         let p = lib.join(format!("file-{i}.bin"));
         if fs::metadata(&p).map(|m| m.len()).ok() != Some(a.file_mib << 20) {
@@ -115,7 +123,14 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         .arg(&light)
         .args(["serve", "--library"])
         .arg(&lib)
-        .args(["--receivers", &a.receivers.to_string(), "--cache", &a.cache, "--rate", &a.rate])
+        .args([
+            "--receivers",
+            &a.receivers.to_string(),
+            "--cache",
+            &a.cache,
+            "--rate",
+            &a.rate,
+        ])
         .args(["--iface", &bed.server.iface, "--bind", &ctl, "--wait", "60"])
         .stdout(Stdio::piped())
         .spawn()
@@ -130,7 +145,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &r.ns])
             .arg(&light)
-            .args(["receive", &(i + 1).to_string(), "-c", &format!("file-{want}.bin")])
+            .args([
+                "receive",
+                &(i + 1).to_string(),
+                "-c",
+                &format!("file-{want}.bin"),
+            ])
             .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
             .arg(&out)
             .arg("--cache-dir")
@@ -167,8 +187,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let mut failed = !server_status.success();
     for (i, ((status, summary), (out, want))) in results[1..].iter().zip(&outs).enumerate() {
         let name = format!("file-{want}.bin");
-        let same = status.success()
-            && fs::read(out.join(&name)).ok() == Some(fs::read(lib.join(&name))?);
+        let same =
+            status.success() && fs::read(out.join(&name)).ok() == Some(fs::read(lib.join(&name))?);
         failed |= !same;
         println!(
             "receiver {}: {} {}",
