@@ -323,7 +323,8 @@ impl OutputFile {
         self.verified.copy_from_slice(&buf[header.len()..]);
         // Bits past the last chunk mean the sidecar is not ours.
         let count = self.manifest.chunk_count();
-        if !count.is_multiple_of(8) && self.verified.last().is_some_and(|&b| b >> (count % 8) != 0) {
+        if !count.is_multiple_of(8) && self.verified.last().is_some_and(|&b| b >> (count % 8) != 0)
+        {
             return Ok(false);
         }
         self.verified_count = self
