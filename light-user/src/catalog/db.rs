@@ -67,6 +67,14 @@ pub struct Catalog {
     library: PathBuf,
 }
 
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catalog")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One content as listed by [`Catalog::contents`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContentInfo {

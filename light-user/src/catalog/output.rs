@@ -26,7 +26,9 @@ pub const STATE_SUFFIX: &str = ".light-state";
 const STATE_MAGIC: &[u8; 8] = b"LIGHTST1";
 const HEADER_LEN: u64 = 8 + 32 + 8 + 4;
 
-/// A file being received against a manifest.
+/// A file being received against a manifest: `OUT/<path>.light-partial` plus the sidecar
+/// `OUT/<path>.light-state` (the verified-chunk bitmap), renamed to `OUT/<path>` by
+/// [`OutputFile::finish`] once every chunk is verified.
 #[derive(Debug)]
 pub struct OutputFile {
     manifest: Manifest,
@@ -61,8 +63,12 @@ impl OutputFile {
         Ok(f)
     }
 
-    /// Resumes an interrupted transfer of exactly this manifest if one is on disk (see the
-    /// [module docs](self)), or starts fresh; reports which chunks are already verified.
+    /// Resumes an interrupted transfer of exactly this manifest if one is on disk, or starts
+    /// fresh; reports which chunks are already verified.
+    ///
+    /// Chunks the sidecar claims are re-hashed from the partial file once, so a sidecar that
+    /// got ahead of the data (power cut) or a damaged partial file only costs re-receiving
+    /// those chunks (listed in [`Resumed::rejected`]).
     pub fn open_or_resume(
         out_dir: impl AsRef<Path>,
         manifest: Manifest,

@@ -5,6 +5,11 @@
 //! work) on up to [`PackOptions::threads`] scoped threads, one file per thread at a time.
 //! Hashing happens outside any database transaction; the results are then recorded in one
 //! write transaction, so readers never see a half-recorded pack.
+//!
+//! Why `read` and not mmap: a library file truncated by someone else while mapped would kill
+//! the server with SIGBUS; with `read` it is a clean [`CatalogError::ChangedDuringPack`].
+//! Measured on the dev VM (page-cached data, release build): ~1.5 GB/s per thread, with the
+//! kernel copy about as costly as BLAKE3 itself.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -66,6 +71,13 @@ pub struct PackReport {
 }
 
 /// Packs the library at `dir` with default options, creating its catalog if needed.
+///
+/// Walks `dir` recursively, skipping hidden entries (which include the `.light` catalog
+/// folder), symlinks and special files, and refusing non-UTF-8 names. A file whose size and
+/// mtime match its current manifest is not read; a re-hashed file with the same root keeps
+/// its version; a changed one gets version + 1 (old manifests stay); a vanished one is
+/// marked removed. Fails with [`CatalogError::PackInProgress`] if another pack holds the
+/// library.
 pub fn pack(dir: impl AsRef<Path>) -> Result<PackReport> {
     Catalog::open(dir)?.pack_with(&PackOptions::default())
 }
@@ -97,7 +109,8 @@ impl Stamp {
 }
 
 impl Catalog {
-    /// Packs this catalog's library: see the [module docs](self).
+    /// Packs this catalog's library: hashes new and changed files (by size and mtime) on
+    /// `opts.threads` threads, records new versions and removals in one transaction.
     pub fn pack_with(&self, opts: &PackOptions) -> Result<PackReport> {
         check_chunk_size(opts.chunk_size)?;
         let _lock = self.lock_for_pack()?;
