@@ -115,7 +115,8 @@ impl OutputFile {
     /// Writes may come in any order, overlap or repeat. Bytes aimed at an already verified
     /// chunk are ignored. A chunk supplied whole in one write is hashed from `data` before
     /// touching the disk; otherwise it is re-read from the file once its last byte arrives.
-    /// If it does not match, the error names it and its bytes count as unwritten again.
+    /// If it does not match, the error names it and its bytes count as unwritten again; a
+    /// write spanning several chunks stops there (later chunks stay missing).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<u64> {
         let size = self.manifest.size();
         let end = offset
