@@ -1,0 +1,476 @@
+//! The receiver's output file: bytes in any order in, a verified file out.
+//!
+//! Data goes to `OUT/<path>.light-partial`, pre-sized to the manifest size. Each chunk is
+//! verified against the manifest the moment its last byte arrives, and its bit is then set
+//! in the sidecar `OUT/<path>.light-state` (one small `pwrite`, no fsync). On resume the
+//! sidecar says which chunks to trust, and each of those is re-hashed from the partial file
+//! once, so a sidecar that got ahead of the data (power cut) or a tampered partial file costs
+//! a re-download of those chunks, never a wrong file. `finish` renames the partial file into
+//! place only when every chunk is verified.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{CatalogError, Manifest, Result, io_err};
+
+/// Suffix of the file being written.
+pub const PARTIAL_SUFFIX: &str = ".light-partial";
+/// Suffix of the sidecar holding the verified-chunk bitmap.
+pub const STATE_SUFFIX: &str = ".light-state";
+
+/// Sidecar layout: magic, the manifest's root, size and chunk size, then one bit per chunk
+/// (bit `i % 8` of byte `i / 8`). The header binds the bitmap to one exact manifest.
+const STATE_MAGIC: &[u8; 8] = b"LIGHTST1";
+const HEADER_LEN: u64 = 8 + 32 + 8 + 4;
+
+/// A file being received against a manifest: `OUT/<path>.light-partial` plus the sidecar
+/// `OUT/<path>.light-state` (the verified-chunk bitmap), renamed to `OUT/<path>` by
+/// [`OutputFile::finish`] once every chunk is verified.
+#[derive(Debug)]
+pub struct OutputFile {
+    manifest: Manifest,
+    file: File,
+    state: File,
+    partial_path: PathBuf,
+    state_path: PathBuf,
+    final_path: PathBuf,
+    /// Verified-chunk bitmap, mirrored in the sidecar.
+    verified: Vec<u8>,
+    verified_count: u64,
+    /// Byte coverage of chunks that have some bytes written but are not complete.
+    in_progress: BTreeMap<u64, Coverage>,
+    /// Reused buffer for re-reading a chunk to verify it.
+    scratch: Vec<u8>,
+}
+
+/// What `open_or_resume` found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Chunks already verified: no need to receive them again.
+    pub verified: Vec<u64>,
+    /// Chunks the sidecar claimed but whose data no longer matches: receive them again.
+    pub rejected: Vec<u64>,
+}
+
+impl OutputFile {
+    /// Starts receiving `manifest` into `out_dir`, discarding any earlier partial state.
+    pub fn create(out_dir: impl AsRef<Path>, manifest: Manifest) -> Result<Self> {
+        let mut f = Self::open_files(out_dir.as_ref(), manifest)?;
+        f.start_fresh()?;
+        Ok(f)
+    }
+
+    /// Resumes an interrupted transfer of exactly this manifest if one is on disk, or starts
+    /// fresh; reports which chunks are already verified.
+    ///
+    /// Chunks the sidecar claims are re-hashed from the partial file once, so a sidecar that
+    /// got ahead of the data (power cut) or a damaged partial file only costs re-receiving
+    /// those chunks (listed in [`Resumed::rejected`]).
+    pub fn open_or_resume(
+        out_dir: impl AsRef<Path>,
+        manifest: Manifest,
+    ) -> Result<(Self, Resumed)> {
+        let mut f = Self::open_files(out_dir.as_ref(), manifest)?;
+        if !f.load_state()? {
+            f.start_fresh()?;
+            return Ok((f, Resumed::default()));
+        }
+        let mut resumed = Resumed::default();
+        for index in 0..f.manifest.chunk_count() {
+            if !f.is_verified(index) {
+                continue;
+            }
+            if f.chunk_on_disk_is_valid(index)? {
+                resumed.verified.push(index);
+            } else {
+                f.clear_verified(index)?;
+                resumed.rejected.push(index);
+            }
+        }
+        if !resumed.rejected.is_empty() {
+            tracing::warn!(
+                path = f.manifest.path(),
+                rejected = resumed.rejected.len(),
+                "resumed chunks failed re-verification and will be received again"
+            );
+        }
+        Ok((f, resumed))
+    }
+
+    /// The manifest being received.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Where the file will be once finished.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Writes `data` at `offset`; returns how many chunks this write completed and verified.
+    ///
+    /// Writes may come in any order, overlap or repeat. Bytes aimed at an already verified
+    /// chunk are ignored. A chunk supplied whole in one write is hashed from `data` before
+    /// touching the disk; otherwise it is re-read from the file once its last byte arrives.
+    /// If it does not match, the error names it and its bytes count as unwritten again; a
+    /// write spanning several chunks stops there (later chunks stay missing).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<u64> {
+        let size = self.manifest.size();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&end| end <= size)
+            .ok_or_else(|| CatalogError::OutOfBounds {
+                path: self.manifest.path().to_owned(),
+                offset,
+                len: data.len() as u64,
+                size,
+            })?;
+        let mut newly = 0;
+        let mut pos = offset;
+        let mut rest = data;
+        while pos < end {
+            let (index, range) = self.chunk_at(pos)?;
+            let seg_end = end.min(range.end);
+            let (seg, tail) = rest.split_at((seg_end - pos) as usize);
+            rest = tail;
+            let seg_start = pos;
+            pos = seg_end;
+            if self.is_verified(index) {
+                continue;
+            }
+            if seg_start == range.start && seg_end == range.end {
+                self.in_progress.remove(&index);
+                if !self.manifest.verify_chunk(index, seg) {
+                    return Err(self.mismatch(index));
+                }
+                self.pwrite(seg, seg_start)?;
+            } else {
+                self.pwrite(seg, seg_start)?;
+                let cov = self.in_progress.entry(index).or_default();
+                cov.insert(seg_start - range.start, seg_end - range.start);
+                if cov.covered() < range.end - range.start {
+                    continue;
+                }
+                self.in_progress.remove(&index);
+                if !self.chunk_on_disk_is_valid(index)? {
+                    return Err(self.mismatch(index));
+                }
+            }
+            self.set_verified(index)?;
+            newly += 1;
+        }
+        Ok(newly)
+    }
+
+    /// True if chunk `index` is verified.
+    pub fn is_verified(&self, index: u64) -> bool {
+        usize::try_from(index / 8)
+            .ok()
+            .and_then(|i| self.verified.get(i))
+            .is_some_and(|b| b & (1 << (index % 8)) != 0)
+    }
+
+    /// Number of verified chunks.
+    pub fn verified_count(&self) -> u64 {
+        self.verified_count
+    }
+
+    /// True once every chunk is verified.
+    pub fn is_complete(&self) -> bool {
+        self.verified_count == self.manifest.chunk_count()
+    }
+
+    /// Indices of the chunks not verified yet.
+    pub fn missing_chunks(&self) -> Vec<u64> {
+        (0..self.manifest.chunk_count())
+            .filter(|&i| !self.is_verified(i))
+            .collect()
+    }
+
+    /// Flushes data and sidecar to stable storage, so progress survives a power cut.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(io_err("syncing", &self.partial_path))?;
+        self.state
+            .sync_data()
+            .map_err(io_err("syncing", &self.state_path))
+    }
+
+    /// Checks that every chunk is verified and the root matches, makes the data durable and
+    /// atomically renames it to `OUT/<path>`; removes the sidecar. Returns the final path.
+    pub fn finish(self) -> Result<PathBuf> {
+        let path = self.manifest.path();
+        if !self.is_complete() {
+            let missing = self.missing_chunks();
+            return Err(CatalogError::Incomplete {
+                path: path.to_owned(),
+                missing: missing.len() as u64,
+                first: missing.first().copied().unwrap_or(0),
+            });
+        }
+        if !self.manifest.verify_root() {
+            return Err(CatalogError::RootMismatch(path.to_owned()));
+        }
+        self.file
+            .sync_all()
+            .map_err(io_err("syncing", &self.partial_path))?;
+        std::fs::rename(&self.partial_path, &self.final_path)
+            .map_err(io_err("renaming into place", &self.partial_path))?;
+        // Make the rename itself durable before forgetting the resume state.
+        if let Some(parent) = self.final_path.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing", parent))?;
+        }
+        match std::fs::remove_file(&self.state_path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                return Err(io_err("removing", &self.state_path)(e));
+            }
+            _ => {}
+        }
+        Ok(self.final_path)
+    }
+
+    /// Opens (creating) the partial file and sidecar, locking the partial file.
+    fn open_files(out_dir: &Path, manifest: Manifest) -> Result<Self> {
+        if !manifest.verify_root() {
+            return Err(CatalogError::RootMismatch(manifest.path().to_owned()));
+        }
+        // The manifest guarantees a relative path without `..`; joining stays inside OUT.
+        let final_path = out_dir.join(manifest.path());
+        let partial_path = with_suffix(&final_path, PARTIAL_SUFFIX);
+        let state_path = with_suffix(&final_path, STATE_SUFFIX);
+        if let Some(parent) = final_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+                .map_err(io_err("opening", p))
+        };
+        let file = open(&partial_path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(CatalogError::OutputBusy(partial_path));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_err("locking", &partial_path)(e));
+            }
+        }
+        let state = open(&state_path)?;
+        let bitmap_len = usize::try_from(manifest.chunk_count().div_ceil(8))
+            .map_err(|_| CatalogError::InvalidManifest("too many chunks".into()))?;
+        let chunk_size = manifest.chunk_size() as usize;
+        Ok(Self {
+            manifest,
+            file,
+            state,
+            partial_path,
+            state_path,
+            final_path,
+            verified: vec![0; bitmap_len],
+            verified_count: 0,
+            in_progress: BTreeMap::new(),
+            scratch: Vec::with_capacity(chunk_size.min(1 << 20)),
+        })
+    }
+
+    /// Truncates the partial file to the manifest size (sparse) and writes an empty sidecar.
+    fn start_fresh(&mut self) -> Result<()> {
+        self.verified.fill(0);
+        self.verified_count = 0;
+        self.in_progress.clear();
+        // Truncate first so no stale bytes survive, then pre-size.
+        for len in [0, self.manifest.size()] {
+            self.file
+                .set_len(len)
+                .map_err(io_err("sizing", &self.partial_path))?;
+        }
+        let mut state = self.header();
+        state.extend_from_slice(&self.verified);
+        self.state
+            .set_len(0)
+            .and_then(|()| self.state.write_all_at(&state, 0))
+            .map_err(io_err("writing", &self.state_path))
+    }
+
+    /// Loads the sidecar if it belongs to this manifest and the partial file has the right
+    /// size; returns false if there is nothing valid to resume.
+    fn load_state(&mut self) -> Result<bool> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(io_err("inspecting", &self.partial_path))?;
+        let header = self.header();
+        let want = HEADER_LEN + self.verified.len() as u64;
+        let state_len = self
+            .state
+            .metadata()
+            .map_err(io_err("inspecting", &self.state_path))?
+            .len();
+        if meta.len() != self.manifest.size() || state_len != want {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; want as usize];
+        self.state
+            .read_exact_at(&mut buf, 0)
+            .map_err(io_err("reading", &self.state_path))?;
+        if buf[..header.len()] != header[..] {
+            return Ok(false);
+        }
+        self.verified.copy_from_slice(&buf[header.len()..]);
+        // Bits past the last chunk mean the sidecar is not ours.
+        let count = self.manifest.chunk_count();
+        if !count.is_multiple_of(8) && self.verified.last().is_some_and(|&b| b >> (count % 8) != 0)
+        {
+            return Ok(false);
+        }
+        self.verified_count = self
+            .verified
+            .iter()
+            .map(|b| u64::from(b.count_ones()))
+            .sum();
+        Ok(true)
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_LEN as usize);
+        h.extend_from_slice(STATE_MAGIC);
+        h.extend_from_slice(&self.manifest.root().0);
+        h.extend_from_slice(&self.manifest.size().to_le_bytes());
+        h.extend_from_slice(&self.manifest.chunk_size().to_le_bytes());
+        h
+    }
+
+    fn chunk_at(&self, pos: u64) -> Result<(u64, std::ops::Range<u64>)> {
+        self.manifest
+            .chunk_of(pos)
+            .and_then(|i| Some((i, self.manifest.chunk_range(i)?)))
+            .ok_or_else(|| CatalogError::InvalidManifest(format!("no chunk at offset {pos}")))
+    }
+
+    fn chunk_on_disk_is_valid(&mut self, index: u64) -> Result<bool> {
+        let Some(range) = self.manifest.chunk_range(index) else {
+            return Ok(false);
+        };
+        self.scratch.resize((range.end - range.start) as usize, 0);
+        self.file
+            .read_exact_at(&mut self.scratch, range.start)
+            .map_err(io_err("reading back", &self.partial_path))?;
+        Ok(self.manifest.verify_chunk(index, &self.scratch))
+    }
+
+    fn pwrite(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(io_err("writing", &self.partial_path))
+    }
+
+    fn set_verified(&mut self, index: u64) -> Result<()> {
+        self.update_bit(index, true)?;
+        self.verified_count += 1;
+        Ok(())
+    }
+
+    fn clear_verified(&mut self, index: u64) -> Result<()> {
+        self.update_bit(index, false)?;
+        self.verified_count -= 1;
+        Ok(())
+    }
+
+    fn update_bit(&mut self, index: u64, on: bool) -> Result<()> {
+        let byte_index = index / 8;
+        let byte = usize::try_from(byte_index)
+            .ok()
+            .and_then(|i| self.verified.get_mut(i))
+            .ok_or_else(|| CatalogError::InvalidManifest(format!("no chunk {index}")))?;
+        let mask = 1u8 << (index % 8);
+        if on {
+            *byte |= mask;
+        } else {
+            *byte &= !mask;
+        }
+        let value = *byte;
+        self.state
+            .write_all_at(&[value], HEADER_LEN + byte_index)
+            .map_err(io_err("writing", &self.state_path))
+    }
+
+    fn mismatch(&self, index: u64) -> CatalogError {
+        CatalogError::ChunkMismatch {
+            path: self.manifest.path().to_owned(),
+            index,
+        }
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Which bytes of one chunk have been written: sorted, disjoint, non-adjacent half-open
+/// intervals. Packets mostly arrive in order, so this stays at one or two intervals.
+#[derive(Debug, Default)]
+struct Coverage {
+    intervals: Vec<(u64, u64)>,
+}
+
+impl Coverage {
+    fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // First interval that touches or follows `start`.
+        let first = self.intervals.partition_point(|&(_, e)| e < start);
+        let mut last = first;
+        let (mut s, mut e) = (start, end);
+        while let Some(&(is, ie)) = self.intervals.get(last) {
+            if is > end {
+                break;
+            }
+            s = s.min(is);
+            e = e.max(ie);
+            last += 1;
+        }
+        self.intervals.splice(first..last, [(s, e)]);
+    }
+
+    fn covered(&self) -> u64 {
+        self.intervals.iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Coverage;
+
+    #[test]
+    fn coverage_merges_overlaps_and_neighbours() {
+        let mut c = Coverage::default();
+        c.insert(10, 20);
+        c.insert(30, 40);
+        assert_eq!(c.covered(), 20);
+        c.insert(20, 30);
+        assert_eq!(c.intervals, vec![(10, 40)]);
+        c.insert(0, 5);
+        c.insert(3, 12);
+        assert_eq!(c.intervals, vec![(0, 40)]);
+        c.insert(5, 6);
+        c.insert(50, 50);
+        assert_eq!(c.covered(), 40);
+        c.insert(45, 60);
+        c.insert(0, 100);
+        assert_eq!(c.intervals, vec![(0, 100)]);
+    }
+}
