@@ -12,7 +12,9 @@ use super::error::ControlError;
 use super::frame::{
     Frame, FrameDecoder, MAX_DATA_CHUNK, decode_message, encode_data, encode_message,
 };
-use super::messages::{CacheTag, ClientExpect, Endpoint, ServerExpect, ToReceiver, ToServer};
+use super::messages::{
+    CacheTag, ClientExpect, Endpoint, Phase, ServerExpect, ToReceiver, ToServer,
+};
 
 /// How long [`Channel::recv`] and writes wait for the peer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,9 +59,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, E: Endpoint> Channel<S, E> {
         self.timeout = timeout;
     }
 
-    /// The ordering state (current phase).
-    pub fn order(&self) -> &E {
-        &self.order
+    /// Where the connection stands in the protocol.
+    pub fn phase(&self) -> Phase {
+        self.order.phase()
     }
 
     /// The underlying stream.
