@@ -89,8 +89,8 @@ pub enum GsoStatus {
     Untried,
     /// GSO sends succeed.
     Active,
-    /// A GSO send failed with this errno (EIO: no checksum offload; EINVAL: segment
-    /// larger than the MTU); plain `sendmmsg` from then on.
+    /// A GSO send failed with this errno (EIO: no checksum offload; EMSGSIZE, or EINVAL
+    /// on older kernels: segment larger than the MTU); plain `sendmmsg` from then on.
     FellBack(i32),
 }
 
@@ -465,7 +465,7 @@ impl Sender {
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(ENOBUFS_BACKOFF.1);
                     }
-                    (_, Some(e @ (libc::EIO | libc::EINVAL)))
+                    (_, Some(e @ (libc::EIO | libc::EINVAL | libc::EMSGSIZE)))
                         if self.scratch.groups[msg].seg > 0 =>
                     {
                         tracing::info!(
