@@ -10,18 +10,20 @@ use proptest::prelude::*;
 const NS: u128 = 1_000_000_000;
 
 /// Runs requests through the bucket, advancing virtual time by the arrival gaps and the
-/// waits it asks for; returns (time since start in ns, bytes) per accepted request.
-fn simulate(rate: u64, burst: u64, reqs: &[(u64, u64)]) -> Vec<(u128, u64)> {
+/// waits it asks for; returns (time since start in ns, bytes, had to wait) per accepted
+/// request.
+fn simulate(rate: u64, burst: u64, reqs: &[(u64, u64)]) -> Vec<(u128, u64, bool)> {
     let t0 = Instant::now();
     let mut t = t0;
     let mut b = TokenBucket::new(rate, burst);
     let mut out = Vec::new();
     for &(gap_ns, bytes) in reqs {
         t += Duration::from_nanos(gap_ns);
+        let mut waited = false;
         loop {
             match b.take(bytes, t) {
                 None => {
-                    out.push(((t - t0).as_nanos(), bytes));
+                    out.push(((t - t0).as_nanos(), bytes, waited));
                     break;
                 }
                 Some(wait) => {
@@ -34,6 +36,7 @@ fn simulate(rate: u64, burst: u64, reqs: &[(u64, u64)]) -> Vec<(u128, u64)> {
                             .is_some()
                     );
                     t += wait;
+                    waited = true;
                 }
             }
         }
@@ -52,7 +55,7 @@ proptest! {
     ) {
         let reqs: Vec<(u64, u64)> = reqs.into_iter().map(|(g, b)| (g, b.min(burst))).collect();
         let mut sum = 0u128;
-        for (t, bytes) in simulate(rate, burst, &reqs) {
+        for (t, bytes, _) in simulate(rate, burst, &reqs) {
             sum += u128::from(bytes);
             prop_assert!(sum * NS <= u128::from(burst) * NS + u128::from(rate) * t,
                 "{sum} bytes by {t} ns at {rate} B/s, burst {burst}");
@@ -66,14 +69,20 @@ proptest! {
         sizes in proptest::collection::vec(1u64..200_000, 1..200),
     ) {
         let reqs: Vec<(u64, u64)> = sizes.into_iter().map(|b| (0, b.min(burst))).collect();
-        let log = simulate(rate, burst, &reqs);
-        let (end, _) = *log.last().unwrap();
-        let sum: u128 = log.iter().map(|&(_, b)| u128::from(b)).sum();
-        // Exactly burst + rate * elapsed, less the rounding of each wait up to a whole
-        // nanosecond (a full bucket drops that excess).
-        let rounding = u128::from(rate) * (log.len() as u128 + 1);
-        prop_assert!(sum * NS + rounding > u128::from(burst) * NS + u128::from(rate) * end);
-        prop_assert!(sum * NS <= u128::from(burst) * NS + u128::from(rate) * end);
+        let mut sum = 0u128;
+        let mut waits = 0u128;
+        for (t, bytes, waited) in simulate(rate, burst, &reqs) {
+            sum += u128::from(bytes);
+            prop_assert!(sum * NS <= u128::from(burst) * NS + u128::from(rate) * t);
+            if waited {
+                waits += 1;
+                // A request that had to wait emptied the bucket: exactly burst + rate * t
+                // went through, less the rounding of each wait up to a whole nanosecond
+                // (a full bucket drops that excess).
+                let rounding = u128::from(rate) * (waits + 1);
+                prop_assert!(sum * NS + rounding > u128::from(burst) * NS + u128::from(rate) * t);
+            }
+        }
     }
 
     #[test]
@@ -84,8 +93,8 @@ proptest! {
     ) {
         let reqs: Vec<(u64, u64)> = sizes.iter().map(|&b| (0, b)).collect();
         let log = simulate(rate, burst, &reqs);
-        let (start_of_last, last) = *log.last().unwrap();
-        let before: u128 = log.iter().map(|&(_, b)| u128::from(b)).sum::<u128>() - u128::from(last);
+        let (start_of_last, last, _) = *log.last().unwrap();
+        let before: u128 = log.iter().map(|&(_, b, _)| u128::from(b)).sum::<u128>() - u128::from(last);
         // Everything before the last request fit in burst + rate * t (debt is repaid).
         prop_assert!(before * NS <= u128::from(burst) * NS + u128::from(rate) * start_of_last);
     }

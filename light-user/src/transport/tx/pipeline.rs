@@ -17,7 +17,8 @@ pub struct TxConfig {
     pub socket: SocketConfig,
     /// Pacing rate in UDP payload bytes per second; `None` sends as fast as possible.
     pub rate: Option<u64>,
-    /// Token-bucket depth in bytes; `None` means one full batch.
+    /// Token-bucket depth in bytes; `None`: two full batches or 1 ms at the rate, whichever
+    /// is larger, so a sleep that overshoots does not cost rate.
     pub burst: Option<u64>,
     /// Datagrams per batch (one `sendmmsg` vector).
     pub batch_packets: usize,
@@ -219,9 +220,10 @@ pub fn spawn_sender(
         // Cannot fail: the channel has room for every batch and both ends are alive.
         let _ = pool_tx.send(Batch::new(config.batch_packets, config.packet_capacity));
     }
+    let batch_bytes = (config.batch_packets * config.packet_capacity) as u64;
     let burst = config
         .burst
-        .unwrap_or((config.batch_packets * config.packet_capacity) as u64);
+        .unwrap_or_else(|| (2 * batch_bytes).max(config.rate.unwrap_or(0) / 1000));
     let pacer = Pacer::new(config.rate, burst);
     let thread = std::thread::Builder::new()
         .name("light-tx".into())
