@@ -220,8 +220,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReceiverChannel<S> {
     /// Answers the `CacheBegin` just received with `CacheResume { offset: state.offset() }`,
     /// writes the data chunks to `writer` (which must hold the first `state.offset()`
     /// bytes already) until `CacheEnd`, and verifies the BLAKE3. On a dropped connection
-    /// `state` keeps the verified prefix length, to resume on a new connection.
+    /// `state` keeps the verified prefix length, to resume on a new connection; either
+    /// way `writer` is flushed up to `state.offset()` before this returns.
     pub async fn recv_blob<W: AsyncWrite + Unpin>(
+        &mut self,
+        state: &mut BlobReceiver,
+        writer: &mut W,
+    ) -> Result<(), ControlError> {
+        let received = self.recv_chunks(state, writer).await;
+        let flushed = writer.flush().await.map_err(io_err("write the cache"));
+        received?;
+        flushed?;
+        state.finish()
+    }
+
+    async fn recv_chunks<W: AsyncWrite + Unpin>(
         &mut self,
         state: &mut BlobReceiver,
         writer: &mut W,
@@ -247,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReceiverChannel<S> {
                     let msg = decode_message::<ToReceiver>(body)?;
                     self.order.received(&msg)?;
                     match msg {
-                        ToReceiver::CacheEnd => break,
+                        ToReceiver::CacheEnd => return Ok(()),
                         ToReceiver::Refused { reason } => {
                             return Err(ControlError::Refused(reason));
                         }
@@ -257,7 +270,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReceiverChannel<S> {
                 }
             }
         }
-        writer.flush().await.map_err(io_err("write the cache"))?;
-        state.finish()
     }
 }
