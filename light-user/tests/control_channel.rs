@@ -447,3 +447,37 @@ async fn resume_offset_past_the_end_is_refused() {
         matches!(client.recv().await.unwrap(), ToReceiver::Refused { reason } if reason.contains("past the blob length"))
     );
 }
+
+#[tokio::test]
+async fn recv_is_cancel_safe_against_a_heartbeat_timer() {
+    let (mut server, mut raw) = raw_pair().await;
+    raw.set_nodelay(true).unwrap();
+    let mut wire = Vec::new();
+    encode_message(&hello(8), &mut wire).unwrap();
+    encode_message(&ToServer::Heartbeat, &mut wire).unwrap();
+    // Dribble the frames so many timer ticks cancel a recv mid-frame.
+    let writer = tokio::spawn(async move {
+        for piece in wire.chunks(3) {
+            raw.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        raw
+    });
+    let mut got = Vec::new();
+    let mut ticks = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while got.len() < 2 {
+        tokio::select! {
+            m = server.recv() => got.push(m.unwrap()),
+            _ = tick.tick() => {
+                ticks += 1;
+                if !got.is_empty() {
+                    server.send(&ToReceiver::Heartbeat).await.unwrap();
+                }
+            }
+        }
+    }
+    assert_eq!(got, [hello(8), ToServer::Heartbeat]);
+    assert!(ticks > 2, "the timer interrupted the receive {ticks} times");
+    drop(writer.await.unwrap());
+}

@@ -74,7 +74,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, E: Endpoint> Channel<S, E> {
         self.stream
     }
 
-    /// Sends one message after checking it is allowed now.
+    /// Sends one message after checking it is allowed now. Not cancel-safe: a dropped
+    /// send may leave half a frame on the stream, so close the connection after one.
     pub async fn send(&mut self, msg: &E::Out) -> Result<(), ControlError> {
         self.order.sent(msg)?;
         self.out.clear();
@@ -83,7 +84,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, E: Endpoint> Channel<S, E> {
     }
 
     /// Receives the next message, refusing malformed, unknown, out-of-order messages and
-    /// stray data chunks; fails after the timeout.
+    /// stray data chunks; fails after the timeout. Cancel-safe: bytes already read stay
+    /// buffered, so it can race a timer in `tokio::select!` (e.g. to send heartbeats).
     pub async fn recv(&mut self) -> Result<E::In, ControlError> {
         self.fill_frame("receive a message").await?;
         let frame = self.decoder.pop()?.ok_or(ControlError::Truncated(0))?;
