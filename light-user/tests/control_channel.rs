@@ -16,8 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 async fn pair() -> (ServerChannel, ReceiverChannel) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (client, accepted) = tokio::join!(ReceiverChannel::connect(addr), listener.accept());
-    (ServerChannel::new(accepted.unwrap().0), client.unwrap())
+    let (client, accepted) = tokio::join!(
+        ReceiverChannel::connect(addr),
+        ServerChannel::accept(&listener)
+    );
+    (accepted.unwrap().0, client.unwrap())
 }
 
 /// A raw client socket and the server channel on the other end.

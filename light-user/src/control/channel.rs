@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 
 use super::blob::BlobReceiver;
@@ -156,6 +156,20 @@ impl ReceiverChannel<TcpStream> {
             .set_nodelay(true)
             .map_err(io_err("set TCP_NODELAY"))?;
         Ok(Self::new(stream))
+    }
+}
+
+impl ServerChannel<TcpStream> {
+    /// Accepts the next receiver connection and disables Nagle on it.
+    pub async fn accept(listener: &TcpListener) -> Result<(Self, SocketAddr), ControlError> {
+        let (stream, peer) = listener
+            .accept()
+            .await
+            .map_err(io_err("accept a receiver"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(io_err("set TCP_NODELAY"))?;
+        Ok((Self::new(stream), peer))
     }
 }
 
