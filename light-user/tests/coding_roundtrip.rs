@@ -55,12 +55,12 @@ fn run(
         while let Some(n) = p.next_into(&mut buf).unwrap() {
             let (h, _) = DataHeader::parse(&buf[..n]).unwrap();
             let d = dropped.entry(h.block).or_default();
-            if *d < params.parity_per_block && rng.next() % 3 == 0 {
+            if *d < params.parity_per_block && rng.next().is_multiple_of(3) {
                 *d += 1;
                 continue;
             }
             packets.push(buf[..n].to_vec());
-            if rng.next() % 8 == 0 {
+            if rng.next().is_multiple_of(8) {
                 packets.push(buf[..n].to_vec());
             }
         }

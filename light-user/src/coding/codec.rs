@@ -360,3 +360,94 @@ impl Decoder {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coding::{CacheBudget, PlanInput, SchemeChoice, plan};
+
+    #[test]
+    fn xor_matches_bytewise() {
+        let a: Vec<u8> = (0..300).map(|i| (i * 7) as u8).collect();
+        let b: Vec<u8> = (0..300).map(|i| (i * 13 + 5) as u8).collect();
+        for len in [0, 1, 31, 32, 33, 64, 100, 299] {
+            for off in [0, 1, 3] {
+                let mut d = a.clone();
+                xor_into(&mut d[off..], &b[..len]);
+                for i in 0..300 {
+                    let want = if i >= off && i < off + len {
+                        a[i] ^ b[i - off]
+                    } else {
+                        a[i]
+                    };
+                    assert_eq!(d[i], want, "len {len} off {off} at {i}");
+                }
+            }
+        }
+    }
+
+    fn small_plan() -> (Plan, Vec<Vec<u8>>) {
+        let input = PlanInput {
+            receivers: 3,
+            file_lens: vec![90, 60, 33],
+            budget: CacheBudget::Fraction(1.0 / 3.0),
+            scheme: SchemeChoice::Centralized,
+            demands: vec![0, 0, 2],
+            seed: 0,
+            min_subfile_bytes: 0,
+            packet_bytes: 1,
+        };
+        let files = input
+            .file_lens
+            .iter()
+            .map(|&l| (0..l).map(|i| i as u8 ^ 0x5a).collect())
+            .collect();
+        (plan(&input).unwrap(), files)
+    }
+
+    #[test]
+    fn encode_checks_lengths_and_library() {
+        let (p, files) = small_plan();
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let spec = &p.messages()[0];
+        let mut out = vec![0; spec.len as usize + 1];
+        assert!(matches!(
+            encode_message(spec, &refs, &mut out),
+            Err(CodingError::Length { .. })
+        ));
+        let mut out = vec![0; spec.len as usize];
+        assert!(matches!(
+            encode_message(spec, &[], &mut out),
+            Err(CodingError::OutOfLibrary { .. })
+        ));
+        encode_message(spec, &refs, &mut out).unwrap();
+    }
+
+    #[test]
+    fn decoder_rejects_bad_input_and_ignores_repeats() {
+        let (p, files) = small_plan();
+        assert!(matches!(
+            Decoder::new(&p, 3),
+            Err(CodingError::UnknownReceiver { .. })
+        ));
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let mut d = Decoder::new(&p, 1).unwrap();
+        let cache: Vec<u8> = p
+            .cache_segments(1)
+            .iter()
+            .flat_map(|s| {
+                files[s.file as usize][s.offset as usize..(s.offset + s.len) as usize].to_vec()
+            })
+            .collect();
+        let m = d.wanted_messages()[0];
+        let spec = &p.messages()[m as usize];
+        let mut msg = vec![0; spec.len as usize];
+        encode_message(spec, &refs, &mut msg).unwrap();
+        assert!(d.on_message(99, &msg, &cache).is_err());
+        assert!(d.on_message(m, &msg[1..], &cache).is_err());
+        assert!(d.on_message(m, &msg, &cache[1..]).is_err());
+        let first = d.on_message(m, &msg, &cache).unwrap();
+        assert!(!first.is_empty() || !p.derived().is_empty());
+        assert!(d.on_message(m, &msg, &cache).unwrap().is_empty());
+    }
+}

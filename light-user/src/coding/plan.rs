@@ -601,3 +601,157 @@ fn decentralized_plan(input: &PlanInput, q: f64) -> Plan {
         derived: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(k: u32, lens: Vec<u64>, budget: CacheBudget, scheme: SchemeChoice) -> PlanInput {
+        PlanInput {
+            receivers: k,
+            demands: (0..k).map(|r| r % lens.len() as u32).collect(),
+            file_lens: lens,
+            budget,
+            scheme,
+            seed: 3,
+            min_subfile_bytes: 0,
+            packet_bytes: 16,
+        }
+    }
+
+    #[test]
+    fn combinations_are_lexicographic_and_complete() {
+        assert_eq!(
+            combinations(4, 2),
+            vec![0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100]
+        );
+        assert_eq!(combinations(3, 0), vec![0]);
+        assert!(combinations(2, 3).is_empty());
+        for n in 0..10 {
+            for r in 0..=n {
+                let c = combinations(n, r);
+                assert_eq!(c.len() as u64, binom(u64::from(n), u64::from(r)));
+                assert!(c.iter().all(|m| m.count_ones() == r));
+            }
+        }
+        assert_eq!(binom(64, 32), 1_832_624_140_942_590_534);
+    }
+
+    #[test]
+    fn layers_snap_and_share() {
+        assert_eq!(layers(2.0 + 1e-12), vec![(2, 1.0)]);
+        let l = layers(1.25);
+        assert_eq!((l[0].0, l[1].0), (1, 2));
+        assert!((l[0].1 - 0.75).abs() < 1e-12 && (l[1].1 - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn invalid_inputs_are_errors() {
+        let ok = input(
+            3,
+            vec![10, 20],
+            CacheBudget::Fraction(0.5),
+            SchemeChoice::Auto,
+        );
+        assert!(plan(&ok).is_ok());
+        let mut i = ok.clone();
+        i.receivers = 0;
+        i.demands.clear();
+        assert!(plan(&i).is_err());
+        let mut i = ok.clone();
+        i.demands[1] = 2;
+        assert!(plan(&i).is_err());
+        let mut i = ok.clone();
+        i.demands.pop();
+        assert!(plan(&i).is_err());
+        let mut i = ok.clone();
+        i.budget = CacheBudget::Fraction(1.5);
+        assert!(plan(&i).is_err());
+        let mut i = ok.clone();
+        i.budget = CacheBudget::Fraction(f64::NAN);
+        assert!(plan(&i).is_err());
+        let mut i = ok.clone();
+        i.scheme = SchemeChoice::Decentralized;
+        i.packet_bytes = 0;
+        assert!(plan(&i).is_err());
+        let i = input(
+            65,
+            vec![10],
+            CacheBudget::Fraction(0.5),
+            SchemeChoice::Centralized,
+        );
+        assert!(plan(&i).is_err());
+        let i = input(
+            21,
+            vec![10],
+            CacheBudget::Fraction(0.5),
+            SchemeChoice::Decentralized,
+        );
+        assert!(plan(&i).is_err());
+    }
+
+    #[test]
+    fn auto_prefers_the_lower_rate() {
+        let lens = vec![6000; 4];
+        let p = plan(&input(
+            4,
+            lens.clone(),
+            CacheBudget::Fraction(0.25),
+            SchemeChoice::Auto,
+        ))
+        .unwrap();
+        assert!(
+            matches!(p.scheme(), Scheme::Centralized { .. }),
+            "{}",
+            p.scheme()
+        );
+        // Subfiles must be huge: only g = 1 qualifies (rate 3/4 per receiver, 3 in all),
+        // and decentralized placement (rate 3·(1 − 0.75^4) ≈ 2.05) wins.
+        let mut i = input(4, lens, CacheBudget::Fraction(0.25), SchemeChoice::Auto);
+        i.min_subfile_bytes = 1 << 40;
+        let p = plan(&i).unwrap();
+        assert!(
+            matches!(p.scheme(), Scheme::Decentralized { .. }),
+            "{}",
+            p.scheme()
+        );
+    }
+
+    #[test]
+    fn budget_in_bytes_is_respected() {
+        let lens = vec![1000, 3000, 0, 777];
+        for budget in [0, 1, 500, 2390, 4777, 10_000] {
+            let i = input(
+                5,
+                lens.clone(),
+                CacheBudget::Bytes(budget),
+                SchemeChoice::Centralized,
+            );
+            let p = plan(&i).unwrap();
+            for r in 0..5 {
+                // Rounding of subfile sizes may add at most one byte per cached subfile.
+                let slack = p.cache_segments(r).len() as u64 * 2;
+                assert!(
+                    p.cache_len(r) <= budget + slack,
+                    "budget {budget}: {}",
+                    p.cache_len(r)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decentralized_caches_are_recomputable_from_the_seed() {
+        let i = input(
+            3,
+            vec![500, 333],
+            CacheBudget::Fraction(0.4),
+            SchemeChoice::Decentralized,
+        );
+        let a = plan(&i).unwrap();
+        assert_eq!(a, plan(&i).unwrap());
+        let mut j = i.clone();
+        j.seed = 4;
+        assert_ne!(a.cache_segments(0), plan(&j).unwrap().cache_segments(0));
+    }
+}

@@ -125,7 +125,7 @@ impl FecParams {
     }
 
     fn validate(&self) -> Result<(), FecError> {
-        if self.symbol_size == 0 || self.symbol_size % 2 != 0 {
+        if self.symbol_size == 0 || !self.symbol_size.is_multiple_of(2) {
             return Err(FecError::InvalidParams(
                 "symbol size must be even and non-zero",
             ));
