@@ -211,3 +211,50 @@ fn plan_input_survives_json() {
     assert_eq!(back, input);
     assert_eq!(plan(&back).unwrap(), plan(&input).unwrap());
 }
+
+/// Grouping with a partial last group, memory sharing and YMA rebuilds all at once.
+#[test]
+fn grouped_memory_sharing_yma_roundtrip() {
+    use light::coding::Scheme;
+    let input = PlanInput {
+        receivers: 7,
+        file_lens: vec![3000, 2999, 1, 0, 2500],
+        budget: CacheBudget::Fraction(0.7),
+        scheme: SchemeChoice::Centralized,
+        demands: vec![0, 0, 0, 4, 4, 1, 1],
+        seed: 0,
+        // Mean file 1700 bytes: groups of 7 or 6 would need subfiles under 50 bytes; the
+        // planner settles on groups of 5 (t = 3.5, 2 groups, the second partial).
+        min_subfile_bytes: 50,
+        packet_bytes: 1,
+    };
+    let p = plan(&input).unwrap();
+    let Scheme::Centralized {
+        group_size,
+        groups,
+        t_low,
+        t_high,
+        yma,
+        ..
+    } = p.scheme().clone()
+    else {
+        panic!("expected a centralized plan, got {}", p.scheme());
+    };
+    assert_eq!((group_size, groups), (5, 2), "{}", p.scheme());
+    assert!(t_low < t_high && yma, "{}", p.scheme());
+    assert!(!p.derived().is_empty());
+    let files: Vec<Vec<u8>> = input
+        .file_lens
+        .iter()
+        .map(|&l| (0..l).map(|i| (i * 131 % 251) as u8).collect())
+        .collect();
+    for seed in 0..4 {
+        run(
+            &input,
+            &files,
+            FecParams::new(64, 8, 2, 4).unwrap(),
+            &mut Rng(seed),
+        )
+        .unwrap();
+    }
+}

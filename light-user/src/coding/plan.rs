@@ -233,44 +233,54 @@ struct Choice {
     rate: f64,
 }
 
-/// Largest group size whose subfiles reach `min_subfile_bytes` and whose subset counts
-/// stay within bounds (g = 1 always qualifies), with its rate.
+/// The group size and layering with the lowest rate whose subfiles reach
+/// `min_subfile_bytes` and whose subset counts stay within bounds; ties go to larger
+/// groups. Layerings for g receivers per group, t = g·M/N: memory sharing between
+/// floor(t) and ceil(t), or floor(t) alone (less cache, but fewer, larger subfiles).
+/// g = 1 always qualifies.
 fn centralized_choice(input: &PlanInput, mu: f64) -> Result<Choice, CodingError> {
     let k = input.receivers;
     let n = input.file_lens.len().max(1) as f64;
     let mean = input.file_lens.iter().map(|&l| l as f64).sum::<f64>() / n;
+    let mut best: Option<Choice> = None;
     for g in (1..=k.min(MAX_RECEIVERS)).rev() {
-        let ls = layers(f64::from(g) * mu);
-        let fits = ls.iter().all(|&(t, share)| {
-            let c = binom(u64::from(g), u64::from(t));
-            let sub = share * mean / c as f64;
-            c <= MAX_SUBSETS
-                && binom(u64::from(g), u64::from(t) + 1) <= MAX_SUBSETS
-                && (g == 1 || sub >= input.min_subfile_bytes as f64)
-        });
-        if !fits {
-            continue;
+        let shared = layers(f64::from(g) * mu);
+        let mut candidates = vec![shared.clone()];
+        if shared.len() == 2 {
+            candidates.push(vec![(shared[0].0, 1.0)]);
         }
-        let mut rate = 0.0;
-        for members in input.demands.chunks(g as usize) {
-            let mut distinct: Vec<u32> = members.to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let ne = distinct.len() as u64;
-            rate += ls
-                .iter()
-                .map(|&(t, s)| s * yma_rate(u64::from(g), u64::from(t), ne))
-                .sum::<f64>();
+        for ls in candidates {
+            let fits = ls.iter().all(|&(t, share)| {
+                let c = binom(u64::from(g), u64::from(t));
+                let sub = share * mean / c as f64;
+                c <= MAX_SUBSETS
+                    && binom(u64::from(g), u64::from(t) + 1) <= MAX_SUBSETS
+                    && (g == 1 || sub >= input.min_subfile_bytes as f64)
+            });
+            if !fits {
+                continue;
+            }
+            let mut rate = 0.0;
+            for members in input.demands.chunks(g as usize) {
+                let mut distinct: Vec<u32> = members.to_vec();
+                distinct.sort_unstable();
+                distinct.dedup();
+                let ne = distinct.len() as u64;
+                rate += ls
+                    .iter()
+                    .map(|&(t, s)| s * yma_rate(u64::from(g), u64::from(t), ne))
+                    .sum::<f64>();
+            }
+            if best.as_ref().is_none_or(|b| rate < b.rate - 1e-12) {
+                best = Some(Choice {
+                    group: g,
+                    layers: ls,
+                    rate,
+                });
+            }
         }
-        return Ok(Choice {
-            group: g,
-            layers: ls,
-            rate,
-        });
     }
-    Err(CodingError::TooLarge(
-        "no group size fits the subset bounds".into(),
-    ))
+    best.ok_or_else(|| CodingError::TooLarge("no group size fits the subset bounds".into()))
 }
 
 /// Offset and length of subfile `rank` of `count` equal-as-possible pieces of `len` bytes.
