@@ -27,7 +27,9 @@ fn xor(c: &mut Criterion) {
     let src = bytes(64 << 10, 1);
     let mut dst = bytes(64 << 10, 2);
     g.throughput(Throughput::Bytes(src.len() as u64));
-    g.bench_function("xor_into_64KiB", |b| b.iter(|| xor_into(black_box(&mut dst), black_box(&src))));
+    g.bench_function("xor_into_64KiB", |b| {
+        b.iter(|| xor_into(black_box(&mut dst), black_box(&src)))
+    });
     // A MAN message with t + 1 = 4 terms of 64 KiB.
     let files: Vec<Vec<u8>> = (0..4).map(|i| bytes(4 * (64 << 10), i)).collect();
     let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
@@ -45,7 +47,9 @@ fn xor(c: &mut Criterion) {
     let spec = &p.messages()[0];
     let mut out = vec![0u8; spec.len as usize];
     g.throughput(Throughput::Bytes(spec.len * spec.terms.len() as u64));
-    g.bench_function("encode_message_4x64KiB", |b| b.iter(|| encode_message(spec, &refs, &mut out).unwrap()));
+    g.bench_function("encode_message_4x64KiB", |b| {
+        b.iter(|| encode_message(spec, &refs, &mut out).unwrap())
+    });
     g.finish();
 }
 
@@ -113,8 +117,13 @@ fn planning(c: &mut Criterion) {
         min_subfile_bytes: 64 * SYMBOL as u64,
         packet_bytes: 1 << 20,
     };
-    g.bench_function("man_t4_distinct", |b| b.iter(|| plan(black_box(&base)).unwrap()));
-    let yma = PlanInput { demands: (0..16).map(|r| r % 4).collect(), ..base.clone() };
+    g.bench_function("man_t4_distinct", |b| {
+        b.iter(|| plan(black_box(&base)).unwrap())
+    });
+    let yma = PlanInput {
+        demands: (0..16).map(|r| r % 4).collect(),
+        ..base.clone()
+    };
     g.bench_function("yma_t4_ne4", |b| b.iter(|| plan(black_box(&yma)).unwrap()));
     let dec = PlanInput {
         scheme: SchemeChoice::Decentralized,
@@ -122,7 +131,9 @@ fn planning(c: &mut Criterion) {
         packet_bytes: 64 * SYMBOL as u64,
         ..base
     };
-    g.bench_function("decentralized_64MiB_files", |b| b.iter(|| plan(black_box(&dec)).unwrap()));
+    g.bench_function("decentralized_64MiB_files", |b| {
+        b.iter(|| plan(black_box(&dec)).unwrap())
+    });
     g.finish();
 }
 

@@ -44,7 +44,9 @@ impl Plan {
         self.subpacketization
     }
 
-    /// Closed-form delivery rate in file units (equal-size files), see DESIGN.md.
+    /// Closed-form delivery rate in file units for equal-size files (DESIGN.md): YMA per
+    /// group and layer, weighted by layer shares; for decentralized plans the MAN-2015
+    /// form for distinct demands (shared demands send somewhat less).
     pub fn theoretical_rate(&self) -> f64 {
         self.theoretical_rate
     }

@@ -350,6 +350,34 @@ mod tests {
     }
 
     #[test]
+    fn batches_match_single_packets() {
+        let params = FecParams::new(16, 3, 2, 2).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut enc = FecEncoder::new(params).unwrap();
+        let single = all_packets(params, &mut enc, 5, &data);
+        let mut p = Packetizer::first_pass(&mut enc, 9, 5, &data, 0).unwrap();
+        assert_eq!(p.remaining(), single.len());
+        let mut bufs = vec![vec![0u8; HEADER_LEN + 16]; 4];
+        let mut lens = [0usize; 4];
+        let mut batched = Vec::new();
+        loop {
+            let n = p.fill(&mut bufs, &mut lens).unwrap();
+            batched.extend((0..n).map(|i| bufs[i][..lens[i]].to_vec()));
+            if n < bufs.len() {
+                break;
+            }
+        }
+        assert_eq!(batched, single);
+        assert_eq!(p.next_seq(), single.len() as u32);
+        let mut small = [0u8; 10];
+        let mut p = Packetizer::first_pass(&mut enc, 9, 5, &data, 0).unwrap();
+        assert!(matches!(
+            p.next_into(&mut small),
+            Err(FecError::BufferTooSmall { .. })
+        ));
+    }
+
+    #[test]
     fn assembler_counts_bad_packets() {
         let params = FecParams::new(32, 4, 2, 4).unwrap();
         let data = vec![7u8; 100];

@@ -248,6 +248,24 @@ impl<'a> Packetizer<'a> {
         self.header.seq
     }
 
+    /// Fills a batch: writes packets into `bufs` in order, their lengths into `lens`, and
+    /// returns how many were written (fewer than `bufs.len()` only at the end).
+    pub fn fill<B: AsMut<[u8]>>(
+        &mut self,
+        bufs: &mut [B],
+        lens: &mut [usize],
+    ) -> Result<usize, FecError> {
+        let mut n = 0;
+        for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
+            match self.next_into(buf.as_mut())? {
+                Some(l) => *len = l,
+                None => break,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Writes the next packet into `buf` and returns its length, or `None` when done.
     pub fn next_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FecError> {
         let s = self.enc.params.symbol_size;
