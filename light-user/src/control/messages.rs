@@ -41,6 +41,8 @@ pub enum ToServer {
         /// Bytes of the announced blob the receiver already holds and verified in order.
         offset: u64,
     },
+    /// The receiver has its cache and plan and is listening on the group: send data.
+    Ready,
     /// Delivery progress.
     Progress {
         /// Bytes of the requested content decoded so far.
@@ -120,12 +122,13 @@ pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync 
 
 impl Message for ToServer {
     const TYPES: &'static [&'static str] =
-        &["hello", "cache_resume", "progress", "done", "heartbeat"];
+        &["hello", "cache_resume", "ready", "progress", "done", "heartbeat"];
 
     fn type_name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
             Self::CacheResume { .. } => "cache_resume",
+            Self::Ready => "ready",
             Self::Progress { .. } => "progress",
             Self::Done { .. } => "done",
             Self::Heartbeat => "heartbeat",
@@ -248,7 +251,7 @@ impl Phase {
         let next = match (self, msg) {
             (AwaitHello, ToServer::Hello { .. }) => Greeted,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
-            (Announced, ToServer::Progress { .. }) => Announced,
+            (Announced, ToServer::Ready | ToServer::Progress { .. }) => Announced,
             (Announced, ToServer::Done { .. }) => Finished,
             // A receiver may give up at any point after introducing itself.
             (Greeted | Ready | CacheOffered | CacheSending, ToServer::Done { ok: false, .. }) => {
