@@ -424,7 +424,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]
         fn survives_loss_up_to_parity(len in 1usize..3000, seed: u64, k in 1u16..12, r in 0u16..5,
                                       symbol in 1usize..40) {
