@@ -28,8 +28,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         r.bytes_hashed
     );
     if a.list {
-        for c in Catalog::open(&a.dir)?.contents()?.into_iter().filter(|c| !c.removed) {
-            println!("{:>6}  v{:<3} {:>14}  {}  {}", c.id, c.version, c.size, c.root.to_hex(), c.path);
+        for c in Catalog::open(&a.dir)?
+            .contents()?
+            .into_iter()
+            .filter(|c| !c.removed)
+        {
+            println!(
+                "{:>6}  v{:<3} {:>14}  {}  {}",
+                c.id,
+                c.version,
+                c.size,
+                c.root.to_hex(),
+                c.path
+            );
         }
     }
     Ok(())

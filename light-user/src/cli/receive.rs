@@ -51,8 +51,13 @@ pub struct Args {
 /// Runs `light receive`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
-    let path = RxArgs { iface: a.iface.clone().unwrap_or_default(), no_xdp: a.no_xdp, require_xdp: a.require_xdp, xdp_mode: a.xdp_mode }
-        .path();
+    let path = RxArgs {
+        iface: a.iface.clone().unwrap_or_default(),
+        no_xdp: a.no_xdp,
+        require_xdp: a.require_xdp,
+        xdp_mode: a.xdp_mode,
+    }
+    .path();
     let cfg = ReceiveConfig {
         receiver: a.receiver,
         content: a.content.clone(),
@@ -105,7 +110,10 @@ impl RxArgs {
         if self.no_xdp {
             RxPath::Socket
         } else {
-            RxPath::Xdp { mode: self.xdp_mode, insist: self.require_xdp }
+            RxPath::Xdp {
+                mode: self.xdp_mode,
+                insist: self.require_xdp,
+            }
         }
     }
 }

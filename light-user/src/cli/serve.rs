@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
-use super::units::{parse_budget, parse_rate};
+use super::units::{Rate, parse_budget, parse_rate};
 use crate::{
     coding::{CacheBudget, SchemeChoice},
     control::server::{ServeConfig, serve},
@@ -47,7 +47,7 @@ pub struct Args {
     iface: Option<String>,
     /// Send rate in bit/s (`800M`, `10G`) or `max`.
     #[arg(long, default_value = "1G", value_parser = parse_rate)]
-    rate: Option<u64>,
+    rate: Rate,
     /// Control channel address receivers connect to.
     #[arg(long, default_value = "0.0.0.0:7700")]
     bind: SocketAddr,
@@ -85,7 +85,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         group: a.group,
         port: a.port,
         iface: a.iface,
-        rate: a.rate,
+        rate: a.rate.0,
         bind: a.bind,
         mtu: a.mtu,
         expected_loss: a.loss,
@@ -98,6 +98,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else {
         print!("{}", report.text());
     }
-    anyhow::ensure!(report.all_verified(), "not every receiver verified its file");
+    anyhow::ensure!(
+        report.all_verified(),
+        "not every receiver verified its file"
+    );
     Ok(())
 }

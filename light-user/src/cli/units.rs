@@ -6,9 +6,13 @@ use crate::coding::CacheBudget;
 /// 1000 for `K`/`KB`…).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 512MiB, 2GiB)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB, 2GiB)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -28,7 +32,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn parse_budget(s: &str) -> Result<CacheBudget, String> {
     let t = s.trim();
     if let Some(p) = t.strip_suffix('%') {
-        let p: f64 = p.trim().parse().map_err(|_| format!("`{s}` is not a percentage"))?;
+        let p: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a percentage"))?;
         if !(0.0..=100.0).contains(&p) {
             return Err(format!("cache share {p}% is outside 0–100%"));
         }
@@ -37,17 +44,27 @@ pub fn parse_budget(s: &str) -> Result<CacheBudget, String> {
     parse_size(t).map(CacheBudget::Bytes)
 }
 
-/// Parses a send rate in bits per second (`max`, `800M`, `10G`, `2.5Gbit`); returns
-/// bytes per second, `None` for `max`.
-pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+/// A send rate in bytes per second; `None` is unpaced (`max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub Option<u64>);
+
+/// Parses a send rate in bits per second (`max`, `800M`, `10G`, `2.5Gbit`).
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
     let t = s.trim().to_ascii_lowercase();
     if t == "max" || t == "unlimited" {
-        return Ok(None);
+        return Ok(Rate(None));
     }
-    let t = t.trim_end_matches("bit/s").trim_end_matches("bps").trim_end_matches("bit");
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let t = t
+        .trim_end_matches("bit/s")
+        .trim_end_matches("bps")
+        .trim_end_matches("bit");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a rate (e.g. 800M, 10G, max)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a rate (e.g. 800M, 10G, max)"))?;
     let mult = match unit.trim() {
         "" => 1.0,
         "k" => 1e3,
@@ -59,7 +76,7 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
     if bytes == 0 {
         return Err(format!("rate `{s}` is zero"));
     }
-    Ok(Some(bytes))
+    Ok(Rate(Some(bytes)))
 }
 
 #[cfg(test)]
@@ -84,9 +101,9 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("max"), Ok(None));
-        assert_eq!(parse_rate("8M"), Ok(Some(1_000_000)));
-        assert_eq!(parse_rate("10Gbit"), Ok(Some(1_250_000_000)));
+        assert_eq!(parse_rate("max"), Ok(Rate(None)));
+        assert_eq!(parse_rate("8M"), Ok(Rate(Some(1_000_000))));
+        assert_eq!(parse_rate("10Gbit"), Ok(Rate(Some(1_250_000_000))));
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
     }

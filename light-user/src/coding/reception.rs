@@ -54,7 +54,16 @@ impl Reception {
                 .filter(|&(_, len)| len > 0),
         )?;
         let recovered = ready.iter().map(|r| r.data.len() as u64).sum();
-        Ok((Self { assembler, decoder, recovered, end_seen: false, session }, ready))
+        Ok((
+            Self {
+                assembler,
+                decoder,
+                recovered,
+                end_seen: false,
+                session,
+            },
+            ready,
+        ))
     }
 
     /// Takes one UDP payload; returns the file pieces it completes.

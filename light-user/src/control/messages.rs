@@ -121,8 +121,14 @@ pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync 
 }
 
 impl Message for ToServer {
-    const TYPES: &'static [&'static str] =
-        &["hello", "cache_resume", "ready", "progress", "done", "heartbeat"];
+    const TYPES: &'static [&'static str] = &[
+        "hello",
+        "cache_resume",
+        "ready",
+        "progress",
+        "done",
+        "heartbeat",
+    ];
 
     fn type_name(&self) -> &'static str {
         match self {

@@ -103,7 +103,11 @@ pub async fn receive(
     .map_err(SessionError::control("send hello"))?;
     // The server answers once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
-    let session = match chan.recv().await.map_err(SessionError::control("wait for the session"))? {
+    let session = match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the session"))?
+    {
         ToReceiver::Accepted { session } => session,
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
@@ -111,44 +115,88 @@ pub async fn receive(
     chan.set_timeout(Duration::from_secs(120));
 
     // The cache, written to disk as it streams and verified by BLAKE3.
-    std::fs::create_dir_all(&cfg.cache_dir)
-        .map_err(|source| SessionError::Io { op: "create", path: cfg.cache_dir.clone(), source })?;
-    let cache_path = cfg.cache_dir.join(format!("receiver-{}.cache", cfg.receiver));
-    let cache_len = match chan.recv().await.map_err(SessionError::control("wait for the cache"))? {
+    std::fs::create_dir_all(&cfg.cache_dir).map_err(|source| SessionError::Io {
+        op: "create",
+        path: cfg.cache_dir.clone(),
+        source,
+    })?;
+    let cache_path = cfg
+        .cache_dir
+        .join(format!("receiver-{}.cache", cfg.receiver));
+    let cache_len = match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the cache"))?
+    {
         ToReceiver::CacheBegin { len, blake3, .. } => {
-            let mut state = BlobReceiver::new(len, &blake3).map_err(SessionError::control("cache header"))?;
+            let mut state =
+                BlobReceiver::new(len, &blake3).map_err(SessionError::control("cache header"))?;
             let mut file = tokio::fs::File::create(&cache_path)
                 .await
-                .map_err(|source| SessionError::Io { op: "create", path: cache_path.clone(), source })?;
-            chan.recv_blob(&mut state, &mut file).await.map_err(SessionError::control("receive the cache"))?;
-            file.sync_all()
+                .map_err(|source| SessionError::Io {
+                    op: "create",
+                    path: cache_path.clone(),
+                    source,
+                })?;
+            chan.recv_blob(&mut state, &mut file)
                 .await
-                .map_err(|source| SessionError::Io { op: "sync", path: cache_path.clone(), source })?;
+                .map_err(SessionError::control("receive the cache"))?;
+            file.sync_all().await.map_err(|source| SessionError::Io {
+                op: "sync",
+                path: cache_path.clone(),
+                source,
+            })?;
             len
         }
-        other => return Err(SessionError::Protocol(format!("expected the cache, got {other:?}"))),
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected the cache, got {other:?}"
+            )));
+        }
     };
     let (group, port, announced, manifest, fec) = match chan
         .recv()
         .await
         .map_err(SessionError::control("wait for the announcement"))?
     {
-        ToReceiver::Announce { group, port, plan, manifest, fec, .. } => {
-            let group: IpAddr =
-                group.parse().map_err(|_| SessionError::Protocol(format!("bad group {group}")))?;
+        ToReceiver::Announce {
+            group,
+            port,
+            plan,
+            manifest,
+            fec,
+            ..
+        } => {
+            let group: IpAddr = group
+                .parse()
+                .map_err(|_| SessionError::Protocol(format!("bad group {group}")))?;
             let announced: PlanAnnouncement = field(plan, "plan")?;
             let manifest: Manifest = field(manifest, "manifest")?;
             let fec: FecParams = field(fec, "fec")?;
             (group, port, announced, manifest, fec)
         }
-        other => return Err(SessionError::Protocol(format!("expected the announcement, got {other:?}"))),
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected the announcement, got {other:?}"
+            )));
+        }
     };
     let iface = cfg
         .iface
         .clone()
         .or_else(|| crate::transport::iface::towards(cfg.server.ip()))
-        .ok_or_else(|| SessionError::Protocol("cannot tell which interface faces the server; pass --iface".into()))?;
-    let rx = RxConfig { iface, group, port, path: cfg.path, max_datagram: 9216 };
+        .ok_or_else(|| {
+            SessionError::Protocol(
+                "cannot tell which interface faces the server; pass --iface".into(),
+            )
+        })?;
+    let rx = RxConfig {
+        iface,
+        group,
+        port,
+        path: cfg.path,
+        max_datagram: 9216,
+    };
 
     // The data path runs on its own thread (the AF_XDP socket stays on the thread that made it).
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -171,21 +219,37 @@ pub async fn receive(
         .spawn(move || {
             let _ = done_tx.send(job.run(ready_tx));
         })
-        .map_err(|source| SessionError::Io { op: "spawn receive thread", path: "light-rx".into(), source })?;
+        .map_err(|source| SessionError::Io {
+            op: "spawn receive thread",
+            path: "light-rx".into(),
+            source,
+        })?;
     let result = match ready_rx.await {
         Ok(Ok(path_desc)) => {
-            chan.send(&ToServer::Ready).await.map_err(SessionError::control("send ready"))?;
+            chan.send(&ToServer::Ready)
+                .await
+                .map_err(SessionError::control("send ready"))?;
             tracing::info!(path = %path_desc, "listening");
-            done_rx.await.map_err(|_| SessionError::Protocol("receive thread died".into()))?
+            done_rx
+                .await
+                .map_err(|_| SessionError::Protocol("receive thread died".into()))?
         }
         // The thread reports its set-up failure through `done`.
-        _ => done_rx.await.map_err(|_| SessionError::Protocol("receive thread died".into()))?,
+        _ => done_rx
+            .await
+            .map_err(|_| SessionError::Protocol("receive thread died".into()))?,
     };
     let (ok, detail, bytes) = match &result {
         Ok(s) => (true, format!("verified {}", s.path), s.bytes),
         Err(e) => (false, e.to_string(), 0),
     };
-    let _ = chan.send(&ToServer::Done { ok, detail, bytes_received: bytes }).await;
+    let _ = chan
+        .send(&ToServer::Done {
+            ok,
+            detail,
+            bytes_received: bytes,
+        })
+        .await;
     if ok {
         // The report is a courtesy; do not fail a verified file for it.
         chan.set_timeout(Duration::from_secs(5));
@@ -234,15 +298,23 @@ impl DataJob {
         let fail_ready = |e: SessionError| e;
         let plan = plan(&self.announced.input).map_err(|e| fail_ready(e.into()))?;
         let slot = self.announced.slot;
-        let cache_file = std::fs::File::open(&self.cache_path)
-            .map_err(|source| SessionError::Io { op: "open", path: self.cache_path.clone(), source })?;
+        let cache_file =
+            std::fs::File::open(&self.cache_path).map_err(|source| SessionError::Io {
+                op: "open",
+                path: self.cache_path.clone(),
+                source,
+            })?;
         let cache_map;
         let cache: &[u8] = if self.cache_len == 0 {
             &[]
         } else {
             // SAFETY: our own cache file, written and synced above, not modified while mapped.
-            cache_map = unsafe { memmap2::Mmap::map(&cache_file) }
-                .map_err(|source| SessionError::Io { op: "map", path: self.cache_path.clone(), source })?;
+            cache_map =
+                unsafe { memmap2::Mmap::map(&cache_file) }.map_err(|source| SessionError::Io {
+                    op: "map",
+                    path: self.cache_path.clone(),
+                    source,
+                })?;
             &cache_map
         };
         if cache.len() as u64 != plan.cache_len(slot) {
@@ -261,7 +333,8 @@ impl DataJob {
             out.write_at(part.file_offset, &cache[c..c + l])?;
             from_cache += part.len;
         }
-        let (mut reception, ready_pieces) = Reception::new(&plan, slot, self.fec, self.session, cache)?;
+        let (mut reception, ready_pieces) =
+            Reception::new(&plan, slot, self.fec, self.session, cache)?;
         for r in ready_pieces {
             out.write_at(r.offset, &r.data)?;
         }

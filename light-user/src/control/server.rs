@@ -153,7 +153,9 @@ impl SessionReport {
                 r.content,
                 r.outcome,
                 gib(r.placed_bytes),
-                r.seconds.map(|t| format!(", done {t:.2} s after the pass")).unwrap_or_default()
+                r.seconds
+                    .map(|t| format!(", done {t:.2} s after the pass"))
+                    .unwrap_or_default()
             ));
         }
         s
@@ -180,8 +182,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let (catalog, contents) = tokio::task::spawn_blocking(move || {
         pack(&library)?;
         let catalog = Catalog::open(&library)?;
-        let mut contents: Vec<ContentInfo> =
-            catalog.contents()?.into_iter().filter(|c| !c.removed).collect();
+        let mut contents: Vec<ContentInfo> = catalog
+            .contents()?
+            .into_iter()
+            .filter(|c| !c.removed)
+            .collect();
         contents.sort_by_key(|c| c.id);
         Ok::<_, SessionError>((catalog, contents))
     })
@@ -197,7 +202,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let session: u32 = rand::random::<u32>() | 1;
     let listener = TcpListener::bind(cfg.bind)
         .await
-        .map_err(|source| SessionError::Io { op: "bind control port", path: cfg.bind.to_string().into(), source })?;
+        .map_err(|source| SessionError::Io {
+            op: "bind control port",
+            path: cfg.bind.to_string().into(),
+            source,
+        })?;
     eprintln!(
         "light: serving {} files from {} on {}; waiting for {} receivers",
         contents.len(),
@@ -212,14 +221,19 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
             let _ = chan.recv().await;
             let _ = chan
-                .send(&ToReceiver::Refused { reason: "the session has already started".into() })
+                .send(&ToReceiver::Refused {
+                    reason: "the session has already started".into(),
+                })
                 .await;
         }
     });
 
     let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
-    let index_of: BTreeMap<u32, u32> =
-        contents.iter().enumerate().map(|(i, c)| (c.id, i as u32)).collect();
+    let index_of: BTreeMap<u32, u32> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, i as u32))
+        .collect();
     let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
     let input = PlanInput {
         receivers: admitted.len() as u32,
@@ -252,33 +266,53 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         .record_session_start(&input)?;
 
     let files = Arc::new(map_files(&cfg.library, &contents)?);
-    let library_tag = blake3::hash(
-        &contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>(),
-    )
-    .to_hex()
-    .to_string();
+    let library_tag = blake3::hash(&contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>())
+        .to_hex()
+        .to_string();
     let start = Instant::now();
 
     // Place caches and announce, all receivers in parallel; each comes back when Ready.
     let mut tasks = Vec::new();
     for (slot, a) in admitted.into_iter().enumerate() {
-        let (plan, files, input, catalog) = (plan.clone(), files.clone(), input.clone(), catalog.clone());
+        let (plan, files, input, catalog) =
+            (plan.clone(), files.clone(), input.clone(), catalog.clone());
         let tag = CacheTag {
             library: library_tag.clone(),
-            placement: blake3::hash(format!("{}/{slot}", serde_json::to_string(&input).unwrap_or_default()).as_bytes())
-                .to_hex()
-                .to_string(),
+            placement: blake3::hash(
+                format!(
+                    "{}/{slot}",
+                    serde_json::to_string(&input).unwrap_or_default()
+                )
+                .as_bytes(),
+            )
+            .to_hex()
+            .to_string(),
         };
         let (group, port) = (cfg.group, cfg.port);
         tasks.push(tokio::spawn(async move {
-            let r = place_and_announce(a, slot as u32, &plan, &files, input, tag, catalog, session, fec, group, port).await;
+            let r = place_and_announce(
+                a,
+                slot as u32,
+                &plan,
+                &files,
+                input,
+                tag,
+                catalog,
+                session,
+                fec,
+                group,
+                port,
+            )
+            .await;
             (slot, r)
         }));
     }
     let mut ready = Vec::new();
     let mut placed_total = 0;
     for t in tasks {
-        let (slot, r) = t.await.map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+        let (slot, r) = t
+            .await
+            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
         match r {
             Ok((a, placed)) => {
                 placed_total += placed;
@@ -305,10 +339,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let tx = {
         let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
         tx.rate = cfg.rate;
-        let iface = cfg.iface.clone().or_else(|| crate::transport::iface::owning(cfg.bind.ip()));
+        let iface = cfg
+            .iface
+            .clone()
+            .or_else(|| crate::transport::iface::owning(cfg.bind.ip()));
         if let Some(name) = iface {
-            tx.socket.interface =
-                Some(MulticastIf::Index(crate::transport::rx::socket::ifindex(&name)?));
+            tx.socket.interface = Some(MulticastIf::Index(crate::transport::rx::socket::ifindex(
+                &name,
+            )?));
         }
         tx
     };
@@ -335,7 +373,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             let verdict = loop {
                 match a.chan.recv().await {
                     Ok(ToServer::Done { ok: true, .. }) => break Ok("verified".to_owned()),
-                    Ok(ToServer::Done { ok: false, detail, .. }) => break Ok(format!("failed: {detail}")),
+                    Ok(ToServer::Done {
+                        ok: false, detail, ..
+                    }) => break Ok(format!("failed: {detail}")),
                     Ok(_) => continue,
                     Err(e) => break Err(format!("lost: {e}")),
                 }
@@ -345,7 +385,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     }
     let mut finished = Vec::new();
     for w in waits {
-        let (i, a, verdict, t) = w.await.map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+        let (i, a, verdict, t) = w
+            .await
+            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
         outcomes[i].outcome = verdict.unwrap_or_else(|e| e);
         outcomes[i].seconds = Some(t - pass_secs);
         finished.push(a);
@@ -382,9 +424,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         let summary = serde_json::to_value(&report).unwrap_or_default();
         let _ = a.chan.send(&ToReceiver::Report { summary }).await;
     }
-    let outcome = if report.all_verified() { SessionOutcome::Completed } else { SessionOutcome::Partial };
+    let outcome = if report.all_verified() {
+        SessionOutcome::Completed
+    } else {
+        SessionOutcome::Partial
+    };
     if let Ok(c) = catalog.lock() {
-        c.record_session_end(session_row, outcome, report.multicast_bytes, report.placed_bytes)?;
+        c.record_session_end(
+            session_row,
+            outcome,
+            report.multicast_bytes,
+            report.placed_bytes,
+        )?;
     }
     Ok(report)
 }
@@ -450,13 +501,19 @@ async fn gather(
         }
     }
     if admitted.len() < cfg.min_receivers.max(1) {
-        return Err(SessionError::TooFewReceivers { got: admitted.len(), need: cfg.min_receivers.max(1) });
+        return Err(SessionError::TooFewReceivers {
+            got: admitted.len(),
+            need: cfg.min_receivers.max(1),
+        });
     }
     Ok((admitted.into_values().collect(), refused))
 }
 
 /// The library's files, mapped read-only, in plan file order.
-fn map_files(library: &std::path::Path, contents: &[ContentInfo]) -> Result<Vec<FileMap>, SessionError> {
+fn map_files(
+    library: &std::path::Path,
+    contents: &[ContentInfo],
+) -> Result<Vec<FileMap>, SessionError> {
     contents
         .iter()
         .map(|c| {
@@ -528,7 +585,10 @@ async fn place_and_announce(
     };
     let hash = blake3::hash(&blob);
     a.chan.set_timeout(Duration::from_secs(60));
-    a.chan.send_cache(&blob, &hash, tag.clone()).await.map_err(|e| fail(SessionError::control("send the cache")(e)))?;
+    a.chan
+        .send_cache(&blob, &hash, tag.clone())
+        .await
+        .map_err(|e| fail(SessionError::control("send the cache")(e)))?;
     let placed = blob.len() as u64;
     drop(blob);
     let manifest = catalog
@@ -547,11 +607,21 @@ async fn place_and_announce(
         manifest: serde_json::to_value(&manifest).unwrap_or_default(),
         fec: serde_json::to_value(fec).unwrap_or_default(),
     };
-    a.chan.send(&announce).await.map_err(|e| fail(SessionError::control("announce")(e)))?;
+    a.chan
+        .send(&announce)
+        .await
+        .map_err(|e| fail(SessionError::control("announce")(e)))?;
     loop {
-        match a.chan.recv().await.map_err(|e| fail(SessionError::control("wait for ready")(e)))? {
+        match a
+            .chan
+            .recv()
+            .await
+            .map_err(|e| fail(SessionError::control("wait for ready")(e)))?
+        {
             ToServer::Ready => return Ok((a, placed)),
-            ToServer::Done { ok: false, detail, .. } => return Err(fail(SessionError::Incomplete(detail))),
+            ToServer::Done {
+                ok: false, detail, ..
+            } => return Err(fail(SessionError::Incomplete(detail))),
             _ => continue,
         }
     }

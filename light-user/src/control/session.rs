@@ -95,5 +95,6 @@ pub fn field<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
     what: &str,
 ) -> Result<T, SessionError> {
-    serde_json::from_value(value).map_err(|e| SessionError::Protocol(format!("announce {what}: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| SessionError::Protocol(format!("announce {what}: {e}")))
 }

@@ -34,7 +34,11 @@ pub fn owning(ip: IpAddr) -> Option<String> {
         };
         if addr == Some(ip) {
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            found = Some(unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
+            found = Some(
+                unsafe { CStr::from_ptr(ifa.ifa_name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             break;
         }
     }
@@ -45,7 +49,13 @@ pub fn owning(ip: IpAddr) -> Option<String> {
 
 /// The interface this host would use to reach `peer` (the one owning the route's source).
 pub fn towards(peer: IpAddr) -> Option<String> {
-    let bind: std::net::SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let bind: std::net::SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .ok()?;
     let sock = std::net::UdpSocket::bind(bind).ok()?;
     sock.connect((peer, 9)).ok()?;
     owning(sock.local_addr().ok()?.ip())

@@ -55,7 +55,12 @@ pub fn send_pass(
     drop(handle);
     let send = thread.join().map_err(|_| TxError::Stopped)??;
     let (payload_bytes, packets, udp_bytes) = produced?;
-    Ok(PassStats { payload_bytes, packets, udp_bytes, send })
+    Ok(PassStats {
+        payload_bytes,
+        packets,
+        udp_bytes,
+        send,
+    })
 }
 
 fn produce(
@@ -79,10 +84,18 @@ fn produce(
             continue;
         }
         let buf = &mut message[..spec.len as usize];
-        encode_message(spec, files, buf).map_err(|source| TxError::Encode { message: idx, source })?;
+        encode_message(spec, files, buf).map_err(|source| TxError::Encode {
+            message: idx,
+            source,
+        })?;
         payload += spec.len;
-        let mut pk = Packetizer::first_pass(&mut enc, session, idx, buf, seq)
-            .map_err(|source| TxError::Packetize { message: idx, source })?;
+        let mut pk =
+            Packetizer::first_pass(&mut enc, session, idx, buf, seq).map_err(|source| {
+                TxError::Packetize {
+                    message: idx,
+                    source,
+                }
+            })?;
         while pk.remaining() > 0 {
             let mut batch = handle.batch()?;
             while pk.remaining() > 0 {
@@ -90,7 +103,10 @@ fn produce(
                 v.resize(need, 0);
                 let n = pk
                     .next_into(v)
-                    .map_err(|source| TxError::Packetize { message: idx, source })?
+                    .map_err(|source| TxError::Packetize {
+                        message: idx,
+                        source,
+                    })?
                     .expect("remaining() > 0 promises a packet");
                 v.truncate(n);
                 packets += 1;
