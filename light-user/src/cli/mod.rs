@@ -2,6 +2,7 @@
 
 mod listen;
 mod pack;
+mod probe;
 mod receive;
 mod serve;
 mod units;
@@ -28,6 +29,8 @@ enum Command {
     /// Receive Light packets on a multicast group and report what arrived (diagnostics and
     /// the receive-path benchmark).
     Listen(listen::Args),
+    /// Multicast numbered probe packets through the batched send path (benchmarks).
+    Probe(probe::Args),
 }
 
 /// Parses the command line and runs it.
@@ -44,6 +47,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Listen(a) => listen::run(a),
+        Command::Probe(a) => probe::run(a),
     }
 }
 
