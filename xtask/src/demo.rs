@@ -109,6 +109,8 @@ pub struct SessionSpec {
     pub mtu: u32,
     /// Extra `light serve` arguments.
     pub serve_args: Vec<String>,
+    /// Every receiver claims id 1 (to test duplicate refusal).
+    pub same_id: bool,
 }
 
 /// What a receiver process did.
@@ -195,7 +197,12 @@ pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &r.ns])
             .arg(&spec.light)
-            .args(["receive", &(i + 1).to_string(), "-c", want])
+            .args([
+                "receive",
+                &if spec.same_id { 1 } else { i + 1 }.to_string(),
+                "-c",
+                want,
+            ])
             .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
             .arg(&out)
             .arg("--cache-dir")
@@ -270,6 +277,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         no_xdp: a.no_xdp,
         mtu: a.mtu,
         serve_args: Vec::new(),
+        same_id: false,
     };
     let run = run_session(&bed, &spec)?;
     println!("{}", run.report.trim_end());

@@ -37,7 +37,10 @@ pub struct Args {
 
 /// Runs `light probe`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(a.size <= usize::from(u16::MAX) - HEADER_LEN, "--size too large");
+    anyhow::ensure!(
+        a.size <= usize::from(u16::MAX) - HEADER_LEN,
+        "--size too large"
+    );
     let mut tx = TxConfig::new(SocketAddr::new(a.group, a.port));
     tx.rate = a.rate.0;
     tx.packet_capacity = HEADER_LEN + a.size;
@@ -65,7 +68,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     DataHeader::new(PacketKind::End, 1).write_to(p)?;
     handle.submit(batch)?;
     drop(handle);
-    let stats = thread.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    let stats = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "light probe: {} packets, {} bytes in {secs:.3} s ({:.0} pkt/s, {:.3} Gbit/s), GSO {:?}",
