@@ -222,3 +222,43 @@ fn duplicate_receiver_id_is_refused() {
     assert!(why.contains("already") || why.contains("started"), "{why}");
     assert_eq!(run.receivers.iter().filter(|r| r.identical).count(), 1);
 }
+
+/// Random loss before the receivers' XDP hook (nftables on the bridge ports): every file
+/// still verifies, repaired by parity the receivers asked for.
+fn lossy_session(per_mille: u32, all: bool) -> serde_json::Value {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    for r in 0..if all { 4 } else { 1 } {
+        bed.set_loss(r, 7700, per_mille).unwrap();
+    }
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    // Paced, so the namespaces drop nothing besides what the rule drops.
+    s.rate = "2G".into();
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    report(&run)
+}
+
+#[test]
+fn one_percent_loss_on_one_receiver() {
+    lossy_session(10, false);
+}
+
+#[test]
+fn five_percent_loss_on_all_receivers_needs_repair() {
+    let rep = lossy_session(50, true);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+    assert!(rep["repair_bytes"].as_u64().unwrap() > 0, "{rep}");
+}
+
+#[test]
+fn ten_percent_loss_on_one_receiver() {
+    let rep = lossy_session(100, false);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+}

@@ -23,47 +23,35 @@ pub struct Reception {
     decoder: Decoder,
     /// Bytes of the demanded file recovered from the multicast so far.
     recovered: u64,
-    end_seen: bool,
+    last_end: Option<u32>,
     session: u32,
 }
 
 impl Reception {
-    /// Prepares to receive `slot`'s messages of `plan`; `cache` is the slot's cache bytes.
-    ///
-    /// Returns the pieces that need no packet at all (messages of length zero).
+    /// Prepares to receive `slot`'s messages of `plan` (the planner never plans empty ones).
     pub fn new(
         plan: &Plan,
         slot: u32,
         fec: FecParams,
         session: u32,
-        cache: &[u8],
-    ) -> Result<(Self, Vec<Recovered>), ReceptionError> {
-        let mut decoder = Decoder::new(plan, slot)?;
+    ) -> Result<Self, ReceptionError> {
+        let decoder = Decoder::new(plan, slot)?;
         let lens = plan.messages();
-        let wanted: Vec<u32> = decoder.wanted_messages().to_vec();
-        let mut ready = Vec::new();
-        for &m in wanted.iter().filter(|&&m| lens[m as usize].len == 0) {
-            ready.extend(decoder.on_message(m, &[], cache)?);
-        }
         let assembler = Assembler::new(
             fec,
             session,
-            wanted
+            decoder
+                .wanted_messages()
                 .iter()
-                .map(|&m| (m, lens[m as usize].len))
-                .filter(|&(_, len)| len > 0),
+                .map(|&m| (m, lens[m as usize].len)),
         )?;
-        let recovered = ready.iter().map(|r| r.data.len() as u64).sum();
-        Ok((
-            Self {
-                assembler,
-                decoder,
-                recovered,
-                end_seen: false,
-                session,
-            },
-            ready,
-        ))
+        Ok(Self {
+            assembler,
+            decoder,
+            recovered: 0,
+            last_end: None,
+            session,
+        })
     }
 
     /// Takes one UDP payload; returns the file pieces it completes.
@@ -72,8 +60,8 @@ impl Reception {
         packet: &[u8],
         cache: &[u8],
     ) -> Result<Vec<Recovered>, ReceptionError> {
-        if is_end_marker(packet, self.session) {
-            self.end_seen = true;
+        if let Some(seq) = end_marker_seq(packet, self.session) {
+            self.last_end = Some(self.last_end.map_or(seq, |l| l.max(seq)));
         }
         match self.assembler.on_packet(packet) {
             Some(Event::MessageComplete { message, bytes }) => {
@@ -90,9 +78,10 @@ impl Reception {
         self.decoder.is_complete()
     }
 
-    /// Whether an End marker of this session arrived.
-    pub fn end_seen(&self) -> bool {
-        self.end_seen
+    /// Sequence number of the latest End marker of this session seen (each pass ends
+    /// with markers numbered after its packets, so a larger one means a newer pass).
+    pub fn last_end(&self) -> Option<u32> {
+        self.last_end
     }
 
     /// Blocks still short of shards (for repair requests).
@@ -111,9 +100,13 @@ impl Reception {
     }
 }
 
-fn is_end_marker(packet: &[u8], session: u32) -> bool {
-    matches!(
-        light_common::DataHeader::parse(packet),
-        Ok((h, _)) if h.packet_kind() == Some(light_common::PacketKind::End) && h.session == session
-    )
+fn end_marker_seq(packet: &[u8], session: u32) -> Option<u32> {
+    match light_common::DataHeader::parse(packet) {
+        Ok((h, _))
+            if h.packet_kind() == Some(light_common::PacketKind::End) && h.session == session =>
+        {
+            Some(h.seq)
+        }
+        _ => None,
+    }
 }

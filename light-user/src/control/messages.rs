@@ -12,6 +12,9 @@ use super::error::ControlError;
 /// Version carried as `"v"` in every control message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most blocks one `Nack` may list (bounds the server's repair work per message).
+pub const MAX_NACK_BLOCKS: usize = 16_384;
+
 /// Identifies a receiver cache: the library it was placed from and the placement.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CacheTag {
@@ -43,6 +46,11 @@ pub enum ToServer {
     },
     /// The receiver has its cache and plan and is listening on the group: send data.
     Ready,
+    /// The multicast round ended with these FEC blocks still short of shards.
+    Nack {
+        /// `[message, block, shards needed]` per incomplete block.
+        blocks: Vec<[u32; 3]>,
+    },
     /// Delivery progress.
     Progress {
         /// Bytes of the requested content decoded so far.
@@ -125,6 +133,7 @@ impl Message for ToServer {
         "hello",
         "cache_resume",
         "ready",
+        "nack",
         "progress",
         "done",
         "heartbeat",
@@ -135,6 +144,7 @@ impl Message for ToServer {
             Self::Hello { .. } => "hello",
             Self::CacheResume { .. } => "cache_resume",
             Self::Ready => "ready",
+            Self::Nack { .. } => "nack",
             Self::Progress { .. } => "progress",
             Self::Done { .. } => "done",
             Self::Heartbeat => "heartbeat",
@@ -143,6 +153,10 @@ impl Message for ToServer {
 
     fn validate(&self) -> Result<(), String> {
         match self {
+            Self::Nack { blocks } if blocks.len() > MAX_NACK_BLOCKS => Err(format!(
+                "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
+                blocks.len()
+            )),
             Self::Hello { content, .. } if content.is_empty() => {
                 Err("content id is empty".to_owned())
             }
@@ -257,7 +271,9 @@ impl Phase {
         let next = match (self, msg) {
             (AwaitHello, ToServer::Hello { .. }) => Greeted,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
-            (Announced, ToServer::Ready | ToServer::Progress { .. }) => Announced,
+            (Announced, ToServer::Ready | ToServer::Nack { .. } | ToServer::Progress { .. }) => {
+                Announced
+            }
             (Announced, ToServer::Done { .. }) => Finished,
             // A receiver may give up at any point after introducing itself.
             (Greeted | Ready | CacheOffered | CacheSending, ToServer::Done { ok: false, .. }) => {

@@ -200,7 +200,9 @@ pub async fn receive(
 
     // The data path runs on its own thread (the AF_XDP socket stays on the thread that made it).
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let (nack_tx, mut nack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let abort = Arc::new(AtomicBool::new(false));
     let job = DataJob {
         announced,
         manifest,
@@ -212,6 +214,8 @@ pub async fn receive(
         rx,
         idle: cfg.idle_timeout,
         stop,
+        abort: abort.clone(),
+        nacks: nack_tx,
         progress,
     };
     std::thread::Builder::new()
@@ -224,20 +228,39 @@ pub async fn receive(
             path: "light-rx".into(),
             source,
         })?;
-    let result = match ready_rx.await {
-        Ok(Ok(path_desc)) => {
-            chan.send(&ToServer::Ready)
-                .await
-                .map_err(SessionError::control("send ready"))?;
-            tracing::info!(path = %path_desc, "listening");
-            done_rx
-                .await
-                .map_err(|_| SessionError::Protocol("receive thread died".into()))?
-        }
-        // The thread reports its set-up failure through `done`.
-        _ => done_rx
+    if let Ok(Ok(path_desc)) = ready_rx.await {
+        chan.send(&ToServer::Ready)
             .await
-            .map_err(|_| SessionError::Protocol("receive thread died".into()))?,
+            .map_err(SessionError::control("send ready"))?;
+        tracing::info!(path = %path_desc, "listening");
+    }
+    // Forward repair requests until the data thread is done (it reports set-up failures
+    // through `done` too); a server that ends the session stops the wait for repair.
+    chan.set_timeout(Duration::from_secs(24 * 3600));
+    let mut control_open = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut done_rx => {
+                break r.map_err(|_| SessionError::Protocol("receive thread died".into()))?;
+            }
+            Some(blocks) = nack_rx.recv() => {
+                chan.send(&ToServer::Nack { blocks })
+                    .await
+                    .map_err(SessionError::control("send nack"))?;
+            }
+            msg = chan.recv(), if control_open => match msg {
+                Ok(ToReceiver::Heartbeat) => {}
+                Ok(other) => {
+                    tracing::info!(?other, "server ended the session");
+                    abort.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    control_open = false;
+                    abort.store(true, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "control channel lost");
+                }
+            },
+        }
     };
     let (ok, detail, bytes) = match &result {
         Ok(s) => (true, format!("verified {}", s.path), s.bytes),
@@ -287,8 +310,15 @@ struct DataJob {
     rx: RxConfig,
     idle: Duration,
     stop: Arc<AtomicBool>,
+    /// Set when the server ends the session: stop waiting for repair.
+    abort: Arc<AtomicBool>,
+    /// Repair requests for the control channel.
+    nacks: tokio::sync::mpsc::UnboundedSender<Vec<[u32; 3]>>,
     progress: ProgressFn,
 }
+
+/// Silence after an End marker before the receiver reports what it lacks.
+const NACK_QUIET: Duration = Duration::from_millis(300);
 
 impl DataJob {
     fn run(
@@ -333,11 +363,7 @@ impl DataJob {
             out.write_at(part.file_offset, &cache[c..c + l])?;
             from_cache += part.len;
         }
-        let (mut reception, ready_pieces) =
-            Reception::new(&plan, slot, self.fec, self.session, cache)?;
-        for r in ready_pieces {
-            out.write_at(r.offset, &r.data)?;
-        }
+        let mut reception = Reception::new(&plan, slot, self.fec, self.session)?;
         (self.progress)(from_cache, size);
         let (mut rx, fallback) = match Receiver::open(&self.rx) {
             Ok(r) => r,
@@ -353,6 +379,7 @@ impl DataJob {
         let _ = ready.send(Ok(rx_path.clone()));
 
         let mut first: Option<Instant> = None;
+        let mut nacked_at: Option<u32> = None;
         let mut last_packet = Instant::now();
         let mut error = None;
         while !reception.is_complete() && !self.stop.load(Ordering::Relaxed) {
@@ -381,7 +408,22 @@ impl DataJob {
                 (self.progress)(from_cache + reception.recovered_bytes(), size);
             }
             let quiet = now - last_packet;
-            if (reception.end_seen() && quiet > Duration::from_secs(1)) || quiet > self.idle {
+            // A pass ended (a newer End marker than the last one answered) and the file is
+            // still short: ask for repair parity.
+            if reception.last_end() != nacked_at && quiet > NACK_QUIET && !reception.is_complete()
+            {
+                nacked_at = reception.last_end();
+                let blocks: Vec<[u32; 3]> = reception
+                    .missing()
+                    .into_iter()
+                    .take(crate::control::messages::MAX_NACK_BLOCKS)
+                    .map(|m| [m.message, m.block, u32::from(m.needed)])
+                    .collect();
+                if self.nacks.send(blocks).is_err() {
+                    break;
+                }
+            }
+            if quiet > self.idle || self.abort.load(Ordering::Relaxed) {
                 break;
             }
         }

@@ -21,8 +21,8 @@ use crate::{
     coding::{CacheBudget, Plan, PlanInput, SchemeChoice, plan},
     fec::FecParams,
     transport::tx::{
-        MulticastIf, TxConfig,
-        multicast::{PassStats, Progress, send_pass},
+        MulticastIf, TxConfig, TxError,
+        multicast::{Multicaster, PassStats, Progress},
     },
 };
 
@@ -89,12 +89,18 @@ pub struct SessionReport {
     pub theoretical_rate: f64,
     /// Measured rate: coded payload bytes / mean file size.
     pub measured_rate: f64,
-    /// Plan payload bytes (before FEC and headers).
+    /// Plan payload bytes (before FEC and headers); the first pass carries exactly these.
     pub plan_payload_bytes: u64,
     /// UDP payload bytes multicast (FEC parity, padding and headers included).
     pub multicast_bytes: u64,
     /// Packets multicast.
     pub multicast_packets: u64,
+    /// Repair rounds run after the first pass.
+    pub repair_rounds: u32,
+    /// UDP payload bytes of repair parity (and its End markers).
+    pub repair_bytes: u64,
+    /// Packets of repair.
+    pub repair_packets: u64,
     /// Bytes that unicasting every receiver its uncached part would take.
     pub uncoded_bytes: u64,
     /// Cache bytes placed over unicast.
@@ -126,7 +132,8 @@ impl SessionReport {
             "session {}: {}\n  t = {:.3}, subpacketization {}, theoretical rate {:.4} files, measured {:.4}\n  \
              placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
              coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
-             multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n",
+             multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
+             repair: {} rounds, {} packets, {:.3} MiB\n",
             self.session,
             self.scheme,
             self.t,
@@ -145,6 +152,9 @@ impl SessionReport {
             self.multicast_gbps,
             self.seconds,
             self.gso,
+            self.repair_rounds,
+            self.repair_packets,
+            self.repair_bytes as f64 / (1u64 << 20) as f64,
         );
         for r in &self.receivers {
             s.push_str(&format!(
@@ -335,63 +345,82 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         }
     }
 
-    // The multicast pass, on blocking threads (encoder here, sender on its own thread).
-    let tx = {
-        let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
-        tx.rate = cfg.rate;
-        let iface = cfg
-            .iface
-            .clone()
-            .or_else(|| crate::transport::iface::owning(cfg.bind.ip()));
-        if let Some(name) = iface {
-            tx.socket.interface = Some(MulticastIf::Index(crate::transport::rx::socket::ifindex(
-                &name,
-            )?));
-        }
-        tx
-    };
-    let progress: Progress = Default::default();
+    // The passes run on a thread of their own (encoder there, sender on its own thread).
+    let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
+    tx.rate = cfg.rate;
+    if let Some(name) = cfg
+        .iface
+        .clone()
+        .or_else(|| crate::transport::iface::owning(cfg.bind.ip()))
+    {
+        tx.socket.interface = Some(MulticastIf::Index(crate::transport::rx::socket::ifindex(
+            &name,
+        )?));
+    }
+    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx);
     let pass_started = Instant::now();
-    let pass: PassStats = {
-        let (plan, files) = (plan.clone(), files.clone());
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || {
-            let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
-            send_pass(&plan, &slices, fec, session, tx, &progress)
-        })
-        .await
-        .map_err(|e| SessionError::Protocol(format!("multicast task: {e}")))??
-    };
+    let pass = passes.run(PassCmd::First).await?.0;
     let pass_secs = pass_started.elapsed().as_secs_f64();
 
-    // Collect each receiver's verdict.
-    let mut waits = Vec::new();
-    for (i, mut a) in ready {
-        let timeout = cfg.done_timeout;
-        waits.push(tokio::spawn(async move {
-            a.chan.set_timeout(timeout);
-            let verdict = loop {
-                match a.chan.recv().await {
-                    Ok(ToServer::Done { ok: true, .. }) => break Ok("verified".to_owned()),
-                    Ok(ToServer::Done {
-                        ok: false, detail, ..
-                    }) => break Ok(format!("failed: {detail}")),
-                    Ok(_) => continue,
-                    Err(e) => break Err(format!("lost: {e}")),
-                }
-            };
-            (i, a, verdict, pass_started.elapsed().as_secs_f64())
-        }));
-    }
+    // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
+    // blocks get more parity, once for all who miss them.
+    let (mut repair_rounds, mut repair_bytes, mut repair_packets) = (0u32, 0u64, 0u64);
+    let mut active = ready;
     let mut finished = Vec::new();
-    for w in waits {
-        let (i, a, verdict, t) = w
-            .await
-            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
-        outcomes[i].outcome = verdict.unwrap_or_else(|e| e);
-        outcomes[i].seconds = Some(t - pass_secs);
-        finished.push(a);
+    for round in 0..=MAX_REPAIR_ROUNDS {
+        let mut waits = Vec::new();
+        for (i, mut a) in active.drain(..) {
+            let timeout = cfg.done_timeout;
+            waits.push(tokio::spawn(async move {
+                a.chan.set_timeout(timeout);
+                let verdict = loop {
+                    match a.chan.recv().await {
+                        Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
+                        Ok(ToServer::Done {
+                            ok: false, detail, ..
+                        }) => break Verdict::Failed(detail),
+                        Ok(ToServer::Nack { blocks }) => break Verdict::Nack(blocks),
+                        Ok(_) => continue,
+                        Err(e) => break Verdict::Lost(e.to_string()),
+                    }
+                };
+                (i, a, verdict, pass_started.elapsed().as_secs_f64())
+            }));
+        }
+        let mut requests: BTreeMap<(u32, u32), u16> = BTreeMap::new();
+        for w in waits {
+            let (i, a, verdict, t) = w
+                .await
+                .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+            outcomes[i].seconds = Some(t - pass_secs);
+            match verdict {
+                Verdict::Verified => outcomes[i].outcome = "verified".into(),
+                Verdict::Failed(d) => outcomes[i].outcome = format!("failed: {d}"),
+                Verdict::Lost(e) => outcomes[i].outcome = format!("lost: {e}"),
+                Verdict::Nack(blocks) => {
+                    for [m, b, n] in blocks {
+                        let e = requests.entry((m, b)).or_insert(0);
+                        *e = (*e).max(n.min(u32::from(u16::MAX)) as u16);
+                    }
+                    outcomes[i].outcome = format!("incomplete after {round} repair rounds");
+                    active.push((i, a));
+                    continue;
+                }
+            }
+            finished.push(a);
+        }
+        if active.is_empty() || round == MAX_REPAIR_ROUNDS {
+            break;
+        }
+        let (stats, exhausted) = passes.run(PassCmd::Repair(requests)).await?;
+        if exhausted > 0 {
+            tracing::warn!(exhausted, "blocks ran out of repair parity");
+        }
+        repair_rounds += 1;
+        repair_bytes += stats.udp_bytes;
+        repair_packets += stats.packets;
     }
+    finished.extend(active.into_iter().map(|(_, a)| a));
     late.abort();
 
     let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
@@ -411,6 +440,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         plan_payload_bytes: plan.payload_bytes(),
         multicast_bytes: pass.udp_bytes,
         multicast_packets: pass.packets,
+        repair_rounds,
+        repair_bytes,
+        repair_packets,
         uncoded_bytes: uncoded_bytes(&plan),
         placed_bytes: placed_total,
         seconds: start.elapsed().as_secs_f64(),
@@ -624,5 +656,65 @@ async fn place_and_announce(
             } => return Err(fail(SessionError::Incomplete(detail))),
             _ => continue,
         }
+    }
+}
+
+/// Repair rounds after the first pass before giving up on a receiver.
+const MAX_REPAIR_ROUNDS: u32 = 8;
+
+/// What a receiver said at the end of a round.
+enum Verdict {
+    Verified,
+    Failed(String),
+    Lost(String),
+    Nack(Vec<[u32; 3]>),
+}
+
+/// A pass to run.
+enum PassCmd {
+    First,
+    Repair(BTreeMap<(u32, u32), u16>),
+}
+
+type PassReply = tokio::sync::oneshot::Sender<Result<(PassStats, usize), TxError>>;
+
+/// The thread that owns the [`Multicaster`] (it borrows the plan and the mapped files).
+struct PassThread {
+    cmds: std::sync::mpsc::Sender<(PassCmd, PassReply)>,
+}
+
+impl PassThread {
+    fn spawn(
+        plan: Arc<Plan>,
+        files: Arc<Vec<FileMap>>,
+        fec: FecParams,
+        session: u32,
+        tx: TxConfig,
+    ) -> Self {
+        let (cmds, rx) = std::sync::mpsc::channel::<(PassCmd, PassReply)>();
+        std::thread::spawn(move || {
+            let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
+            let mut m = Multicaster::new(&plan, &slices, fec, session, tx);
+            let progress: Progress = Default::default();
+            for (cmd, reply) in rx {
+                let r = match (&mut m, cmd) {
+                    (Err(e), _) => Err(TxError::Config(e.to_string())),
+                    (Ok(m), PassCmd::First) => m.first_pass(&progress).map(|s| (s, 0)),
+                    (Ok(m), PassCmd::Repair(req)) => m.repair(&req, &progress),
+                };
+                let _ = reply.send(r);
+            }
+        });
+        Self { cmds }
+    }
+
+    async fn run(&self, cmd: PassCmd) -> Result<(PassStats, usize), SessionError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds
+            .send((cmd, tx))
+            .map_err(|_| SessionError::Protocol("multicast thread stopped".into()))?;
+        Ok(rx
+            .await
+            .map_err(|_| SessionError::Protocol("multicast thread stopped".into()))??)
     }
 }

@@ -125,7 +125,7 @@ impl FecParams {
                     "loss rate too high for Reed–Solomon",
                 ))?;
         }
-        Self::new(symbol_size, k, r, r.max(k / 4))
+        Self::new(symbol_size, k, r, r.max(k))
     }
 
     fn validate(&self) -> Result<(), FecError> {
