@@ -101,7 +101,8 @@ impl FecParams {
     /// Rule: `k = 256` source symbols; `r` is the smallest parity count such that
     /// `r >= n·p + 3·sqrt(n·p·(1-p)) + 1` with `n = k + r` (the block survives a loss count
     /// three standard deviations above the mean, plus one), at least 1. The repair ceiling
-    /// is `max(r, k/4)`.
+    /// is `max(r, k)`: a block can be repaired up to rate 1/2, for receivers that lose
+    /// bursts (a full ring) rather than the expected random loss.
     ///
     /// Why 256: reed-solomon-simd's decode has a fixed cost of about 0.4 ms per block (the
     /// error locator over GF(2^16)), so k = 64 decodes at ~200 MB/s and k = 256 at ~560 MB/s
