@@ -410,8 +410,7 @@ impl DataJob {
             let quiet = now - last_packet;
             // A pass ended (a newer End marker than the last one answered) and the file is
             // still short: ask for repair parity.
-            if reception.last_end() != nacked_at && quiet > NACK_QUIET && !reception.is_complete()
-            {
+            if reception.last_end() != nacked_at && quiet > NACK_QUIET && !reception.is_complete() {
                 nacked_at = reception.last_end();
                 let blocks: Vec<[u32; 3]> = reception
                     .missing()
