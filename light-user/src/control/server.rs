@@ -120,9 +120,13 @@ pub struct SessionReport {
 }
 
 impl SessionReport {
-    /// True when every accepted receiver verified its file.
+    /// True when every admitted receiver verified its file (refused requests were never
+    /// part of the session).
     pub fn all_verified(&self) -> bool {
-        self.receivers.iter().all(|r| r.outcome == "verified")
+        self.receivers
+            .iter()
+            .filter(|r| !r.outcome.starts_with("refused"))
+            .all(|r| r.outcome == "verified")
     }
 
     /// Human-readable multi-line report.
