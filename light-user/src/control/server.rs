@@ -230,15 +230,24 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     );
 
     let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session).await?;
-    // Late arrivals are told the session has started rather than left hanging.
+    // Late arrivals are told why they cannot join rather than left hanging.
+    let late_catalog = catalog.clone();
     let late = tokio::spawn(async move {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
-            let _ = chan.recv().await;
-            let _ = chan
-                .send(&ToReceiver::Refused {
-                    reason: "the session has already started".into(),
-                })
-                .await;
+            let catalog = late_catalog.clone();
+            tokio::spawn(async move {
+                let reason = match chan.recv().await {
+                    Ok(ToServer::Hello { content, .. }) => match catalog.lock() {
+                        Ok(c) => match c.resolve(&content) {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the session has already started".to_owned(),
+                        },
+                        Err(_) => "the session has already started".to_owned(),
+                    },
+                    _ => return,
+                };
+                let _ = chan.send(&ToReceiver::Refused { reason }).await;
+            });
         }
     });
 
