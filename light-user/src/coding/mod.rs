@@ -13,7 +13,6 @@
 
 mod codec;
 mod plan;
-pub mod reception;
 
 pub use codec::{Decoder, Recovered, encode_message, xor_into};
 pub use plan::{Plan, plan};

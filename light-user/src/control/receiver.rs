@@ -1,12 +1,13 @@
 //! `light receive`: asks the server for one content, stores its cache, receives the
 //! coded multicast (AF_XDP or socket), decodes, verifies every chunk and saves the file.
 
+use light_common::{DataHeader, PacketKind};
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,8 +20,8 @@ use super::{
 };
 use crate::{
     catalog::{Manifest, OutputFile},
-    coding::{plan, reception::Reception},
-    fec::FecParams,
+    coding::{Decoder, plan},
+    fec::{Assembler, Event, FecParams},
     transport::rx::{Receiver, RxConfig, RxPath},
 };
 
@@ -325,32 +326,13 @@ impl DataJob {
         self,
         ready: tokio::sync::oneshot::Sender<Result<String, ()>>,
     ) -> Result<ReceiveSummary, SessionError> {
-        let fail_ready = |e: SessionError| e;
-        let plan = plan(&self.announced.input).map_err(|e| fail_ready(e.into()))?;
+        let plan = plan(&self.announced.input)?;
         let slot = self.announced.slot;
-        let cache_file =
-            std::fs::File::open(&self.cache_path).map_err(|source| SessionError::Io {
-                op: "open",
-                path: self.cache_path.clone(),
-                source,
-            })?;
-        let cache_map;
-        let cache: &[u8] = if self.cache_len == 0 {
-            &[]
-        } else {
-            // SAFETY: our own cache file, written and synced above, not modified while mapped.
-            cache_map =
-                unsafe { memmap2::Mmap::map(&cache_file) }.map_err(|source| SessionError::Io {
-                    op: "map",
-                    path: self.cache_path.clone(),
-                    source,
-                })?;
-            &cache_map
-        };
-        if cache.len() as u64 != plan.cache_len(slot) {
+        let cache = Arc::new(CacheBytes::map(&self.cache_path, self.cache_len)?);
+        if cache.as_ref().as_ref().len() as u64 != plan.cache_len(slot) {
             return Err(SessionError::Protocol(format!(
                 "cache holds {} bytes, the plan places {}",
-                cache.len(),
+                self.cache_len,
                 plan.cache_len(slot)
             )));
         }
@@ -360,11 +342,45 @@ impl DataJob {
         let mut from_cache = 0;
         for part in plan.cached_parts_of_demand(slot) {
             let (c, l) = (part.cache_offset as usize, part.len as usize);
-            out.write_at(part.file_offset, &cache[c..c + l])?;
+            out.write_at(part.file_offset, &cache.as_ref().as_ref()[c..c + l])?;
             from_cache += part.len;
         }
-        let mut reception = Reception::new(&plan, slot, self.fec, self.session)?;
+        let mut decoder = Decoder::new(&plan, slot)?;
+        let lens = plan.messages();
+        let mut assembler = Assembler::new(
+            self.fec,
+            self.session,
+            decoder
+                .wanted_messages()
+                .iter()
+                .map(|&m| (m, lens[m as usize].len)),
+        )?;
         (self.progress)(from_cache, size);
+
+        // Decoding and writing run on their own thread, so a completed message (up to a
+        // subfile long) never stalls the ring the packets arrive on.
+        let decoded = Arc::new(AtomicU64::new(0));
+        let (msg_tx, msg_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>)>();
+        let writer = {
+            let (cache, decoded) = (cache.clone(), decoded.clone());
+            std::thread::Builder::new()
+                .name("light-write".into())
+                .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
+                    for (m, bytes) in msg_rx {
+                        for r in decoder.on_message(m, &bytes, cache.as_ref().as_ref())? {
+                            out.write_at(r.offset, &r.data)?;
+                            decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok((out, decoder))
+                })
+                .map_err(|source| SessionError::Io {
+                    op: "spawn writer thread",
+                    path: "light-write".into(),
+                    source,
+                })?
+        };
+
         let (mut rx, fallback) = match Receiver::open(&self.rx) {
             Ok(r) => r,
             Err(e) => {
@@ -379,40 +395,34 @@ impl DataJob {
         let _ = ready.send(Ok(rx_path.clone()));
 
         let mut first: Option<Instant> = None;
-        let mut nacked_at: Option<u32> = None;
+        let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
         let mut last_packet = Instant::now();
-        let mut error = None;
-        while !reception.is_complete() && !self.stop.load(Ordering::Relaxed) {
+        let session = self.session;
+        while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let n = rx.recv_batch(Duration::from_millis(100), &mut |p| {
-                if error.is_some() {
-                    return;
+                if let Ok((h, _)) = DataHeader::parse(p)
+                    && h.packet_kind() == Some(PacketKind::End)
+                    && h.session == session
+                {
+                    last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
                 }
-                match reception.on_packet(p, cache) {
-                    Ok(pieces) => {
-                        for r in pieces {
-                            if let Err(e) = out.write_at(r.offset, &r.data) {
-                                error = Some(SessionError::from(e));
-                            }
-                        }
-                    }
-                    Err(e) => error = Some(e.into()),
+                if let Some(Event::MessageComplete { message, bytes }) = assembler.on_packet(p) {
+                    // The writer only stops early on an error, which join() reports below.
+                    let _ = msg_tx.send((message, bytes));
                 }
             })?;
-            if let Some(e) = error.take() {
-                return Err(e);
-            }
             let now = Instant::now();
             if n > 0 {
                 first.get_or_insert(now);
                 last_packet = now;
-                (self.progress)(from_cache + reception.recovered_bytes(), size);
+                (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
             }
             let quiet = now - last_packet;
-            // A pass ended (a newer End marker than the last one answered) and the file is
+            // A pass ended (a newer End marker than the last one answered) and blocks are
             // still short: ask for repair parity.
-            if reception.last_end() != nacked_at && quiet > NACK_QUIET && !reception.is_complete() {
-                nacked_at = reception.last_end();
-                let blocks: Vec<[u32; 3]> = reception
+            if last_end != nacked_at && quiet > NACK_QUIET && !assembler.is_complete() {
+                nacked_at = last_end;
+                let blocks: Vec<[u32; 3]> = assembler
                     .missing()
                     .into_iter()
                     .take(crate::control::messages::MAX_NACK_BLOCKS)
@@ -426,13 +436,18 @@ impl DataJob {
                 break;
             }
         }
+        drop(msg_tx);
+        let (out, decoder) = writer
+            .join()
+            .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
+        (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
         let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
-        let stats = reception.stats();
+        let stats = assembler.stats();
         if self.stop.load(Ordering::Relaxed) {
             return Err(SessionError::Incomplete("interrupted".into()));
         }
-        if !reception.is_complete() {
-            let missing = reception.missing();
+        if !decoder.is_complete() {
+            let missing = assembler.missing();
             return Err(SessionError::Incomplete(format!(
                 "{} FEC blocks short of shards after the multicast ended ({} shards missing); \
                  partial state kept for a resume",
@@ -441,7 +456,7 @@ impl DataJob {
             )));
         }
         let path = out.finish()?;
-        let decoded = reception.recovered_bytes();
+        let decoded = decoded.load(Ordering::Relaxed);
         Ok(ReceiveSummary {
             receiver: 0,
             content,
@@ -464,5 +479,40 @@ impl DataJob {
                 + stats.late,
             fec_decoded_blocks: stats.blocks_decoded,
         })
+    }
+}
+
+/// The receiver's cache file, mapped (an empty cache cannot be mapped).
+enum CacheBytes {
+    Empty,
+    Mapped(memmap2::Mmap),
+}
+
+impl CacheBytes {
+    fn map(path: &std::path::Path, len: u64) -> Result<Self, SessionError> {
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        let io = |op| {
+            move |source| SessionError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let f = std::fs::File::open(path).map_err(io("open"))?;
+        // SAFETY: our own cache file, written and synced before, not modified while mapped.
+        Ok(Self::Mapped(
+            unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?,
+        ))
+    }
+}
+
+impl AsRef<[u8]> for CacheBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Mapped(m) => m,
+        }
     }
 }

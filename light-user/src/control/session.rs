@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ControlError;
 use crate::{
     catalog::CatalogError,
-    coding::{CodingError, PlanInput, reception::ReceptionError},
+    coding::{CodingError, PlanInput},
     fec::FecError,
     transport::{rx::RxError, tx::TxError},
 };
@@ -46,9 +46,6 @@ pub enum SessionError {
     /// FEC parameters unusable.
     #[error("FEC: {0}")]
     Fec(#[from] FecError),
-    /// Receiving or decoding the data failed.
-    #[error("decoding: {0}")]
-    Reception(#[from] ReceptionError),
     /// Send path failure.
     #[error("multicast send: {0}")]
     Tx(#[from] TxError),
