@@ -428,6 +428,13 @@ impl DataJob {
                     .take(crate::control::messages::MAX_NACK_BLOCKS)
                     .map(|m| [m.message, m.block, u32::from(m.needed)])
                     .collect();
+                tracing::info!(
+                    end = ?last_end,
+                    blocks = blocks.len(),
+                    shards = blocks.iter().map(|b| u64::from(b[2])).sum::<u64>(),
+                    first = ?blocks.first(),
+                    "asking for repair"
+                );
                 if self.nacks.send(blocks).is_err() {
                     break;
                 }
@@ -449,10 +456,17 @@ impl DataJob {
         if !decoder.is_complete() {
             let missing = assembler.missing();
             return Err(SessionError::Incomplete(format!(
-                "{} FEC blocks short of shards after the multicast ended ({} shards missing); \
-                 partial state kept for a resume",
+                "{} FEC blocks short of shards after the multicast ended ({} shards missing; \
+                 packets: {} source, {} parity, {} duplicate, {} late, {} bad index, {} decode \
+                 errors); partial state kept for a resume",
                 missing.len(),
-                missing.iter().map(|m| u64::from(m.needed)).sum::<u64>()
+                missing.iter().map(|m| u64::from(m.needed)).sum::<u64>(),
+                stats.source,
+                stats.parity,
+                stats.duplicate,
+                stats.late,
+                stats.bad_index,
+                stats.decode_errors,
             )));
         }
         let path = out.finish()?;

@@ -380,6 +380,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let (mut repair_rounds, mut repair_bytes, mut repair_packets) = (0u32, 0u64, 0u64);
     let mut active = ready;
     let mut finished = Vec::new();
+    // Rounds go on while they help: a round that leaves more shards missing than the best
+    // so far counts against a small budget of stalls.
+    let (mut best, mut stalls) = (u64::MAX, 0);
     for round in 0..=MAX_REPAIR_ROUNDS {
         let mut waits = Vec::new();
         for (i, mut a) in active.drain(..) {
@@ -422,10 +425,26 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             }
             finished.push(a);
         }
-        if active.is_empty() || round == MAX_REPAIR_ROUNDS {
+        let asked: u64 = requests.values().map(|&n| u64::from(n)).sum();
+        if asked < best {
+            best = asked;
+        } else {
+            stalls += 1;
+        }
+        if active.is_empty() || round == MAX_REPAIR_ROUNDS || stalls > MAX_REPAIR_STALLS {
             break;
         }
+        let blocks = requests.len();
         let (stats, exhausted) = passes.run(PassCmd::Repair(requests)).await?;
+        tracing::info!(
+            round = round + 1,
+            receivers = active.len(),
+            blocks,
+            asked,
+            sent = stats.packets,
+            exhausted,
+            "repair round"
+        );
         if exhausted > 0 {
             tracing::warn!(exhausted, "blocks ran out of repair parity");
         }
@@ -673,7 +692,9 @@ async fn place_and_announce(
 }
 
 /// Repair rounds after the first pass before giving up on a receiver.
-const MAX_REPAIR_ROUNDS: u32 = 8;
+const MAX_REPAIR_ROUNDS: u32 = 64;
+/// Rounds that fail to reduce the missing shards before giving up.
+const MAX_REPAIR_STALLS: u32 = 4;
 
 /// What a receiver said at the end of a round.
 enum Verdict {
