@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// Keep the demo's files (library, outputs) in this directory instead of a temporary one.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Instead of the demo, run the built `light` with these arguments on this host's real
+    /// interfaces, e.g. `cargo xtask run -- serve --library /srv/lib -k 8 --cache 25%`.
+    #[arg(last = true)]
+    pub light_args: Vec<String>,
 }
 
 /// The release `light` binary `cargo xtask build` makes.
@@ -236,6 +240,18 @@ pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
 
 /// Runs the demo and prints the server's report and each receiver's outcome.
 pub fn run(a: &DemoArgs) -> Result<()> {
+    if !a.light_args.is_empty() {
+        let status = Command::new(light_bin())
+            .args(&a.light_args)
+            .status()
+            .context("run light")?;
+        ensure!(
+            status.success(),
+            "light {} failed ({status})",
+            a.light_args.join(" ")
+        );
+        return Ok(());
+    }
     crate::netns::require_root()?;
     ensure!(
         a.files >= 1 && a.receivers >= 1,
