@@ -29,7 +29,8 @@ fn repair_rounds_converge_under_heavy_loss() {
         packet_bytes: 1408,
     };
     let plan = plan(&input).unwrap();
-    let fec = FecParams::for_loss(0.01, 1408).unwrap();
+    // A small parity ceiling, so heavy loss exhausts it and sources get resent.
+    let fec = FecParams::new(1408, 64, 2, 8).unwrap();
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();

@@ -446,7 +446,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             "repair round"
         );
         if exhausted > 0 {
-            tracing::warn!(exhausted, "blocks ran out of repair parity");
+            tracing::info!(
+                exhausted,
+                "blocks ran out of repair parity; their sources were resent"
+            );
         }
         repair_rounds += 1;
         repair_bytes += stats.udp_bytes;

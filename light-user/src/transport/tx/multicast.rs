@@ -190,9 +190,9 @@ impl<'a> Multicaster<'a> {
         })
     }
 
-    /// More parity for the blocks receivers reported short (`[message, block, needed]`,
-    /// already merged across receivers). Returns the pass and how many blocks had no
-    /// parity left to send.
+    /// More parity for the blocks receivers reported short (`(message, block) → needed`,
+    /// merged across receivers); blocks out of parity get their sources again. Returns the
+    /// pass and how many blocks ran out of parity.
     pub fn repair(
         &mut self,
         requests: &BTreeMap<(u32, u32), u16>,
@@ -214,33 +214,50 @@ impl<'a> Multicaster<'a> {
                 // Send half again what was asked: the repair itself crosses a lossy link.
                 let want = needed.saturating_add(needed / 2 + 1);
                 let count = want.min(params.max_parity_per_block.saturating_sub(sent));
-                if count == 0 {
-                    exhausted += 1;
-                    continue;
-                }
                 if encoded != Some(idx) {
                     me.encode(idx)?;
                     encoded = Some(idx);
                 }
                 let len = me.plan.messages()[idx as usize].len as usize;
-                let (session, seq) = (me.session, me.seq);
-                let mut pk = Packetizer::repair(
-                    &mut me.enc,
-                    session,
-                    idx,
-                    &me.message[..len],
-                    block,
-                    sent,
-                    count,
-                    seq,
-                )
-                .map_err(|source| TxError::Packetize {
-                    message: idx,
-                    source,
-                })?;
-                tally.drain(&mut pk, idx, need)?;
-                me.seq = pk.next_seq();
-                me.sent_parity.insert((idx, block), sent + count);
+                if count > 0 {
+                    let (session, seq) = (me.session, me.seq);
+                    let mut pk = Packetizer::repair(
+                        &mut me.enc,
+                        session,
+                        idx,
+                        &me.message[..len],
+                        block,
+                        sent,
+                        count,
+                        seq,
+                    )
+                    .map_err(|source| TxError::Packetize {
+                        message: idx,
+                        source,
+                    })?;
+                    tally.drain(&mut pk, idx, need)?;
+                    me.seq = pk.next_seq();
+                    me.sent_parity.insert((idx, block), sent + count);
+                }
+                if count < want {
+                    // Out of parity: the block's sources themselves fill whatever is missing.
+                    exhausted += 1;
+                    let (session, seq) = (me.session, me.seq);
+                    let mut pk = Packetizer::block_sources(
+                        &mut me.enc,
+                        session,
+                        idx,
+                        &me.message[..len],
+                        block,
+                        seq,
+                    )
+                    .map_err(|source| TxError::Packetize {
+                        message: idx,
+                        source,
+                    })?;
+                    tally.drain(&mut pk, idx, need)?;
+                    me.seq = pk.next_seq();
+                }
             }
             Ok(())
         })?;
