@@ -1,0 +1,175 @@
+//! Child processes of one transfer: output to log files, reaped with `wait4` so their CPU
+//! time is known, every wait bounded, and anything still running killed by PID on drop.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    /// Exit code, or `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// User plus system CPU seconds of the process.
+    pub cpu_s: f64,
+    /// When it was reaped.
+    pub at: Instant,
+}
+
+/// A started process (`ip netns exec` execs in place, so the PID is the tool's own).
+pub struct Proc {
+    /// Short name for messages.
+    pub name: String,
+    pid: libc::pid_t,
+    /// Its stdout, captured in a file.
+    pub stdout: PathBuf,
+    /// Its stderr, captured in a file.
+    pub stderr: PathBuf,
+    exit: Option<Exit>,
+}
+
+fn cpu_seconds(ru: &libc::rusage) -> f64 {
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl Proc {
+    /// Starts `cmd` with stdin closed and stdout/stderr in `logs/<name>.{out,err}`.
+    pub fn spawn(mut cmd: Command, name: &str, logs: &Path) -> Result<Self> {
+        let stdout = logs.join(format!("{name}.out"));
+        let stderr = logs.join(format!("{name}.err"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        // Dropping a std Child neither waits nor kills; this process is reaped by wait4 below.
+        let pid = child.id() as libc::pid_t;
+        drop(child);
+        Ok(Self {
+            name: name.to_owned(),
+            pid,
+            stdout,
+            stderr,
+            exit: None,
+        })
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> Option<Exit> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let mut status = 0;
+        // SAFETY: rusage is plain old data that wait4 fills in; zeroed is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out-pointers; pid is our own unreaped child.
+        let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut ru) };
+        if r == self.pid {
+            let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            self.exit = Some(Exit {
+                code,
+                cpu_s: cpu_seconds(&ru),
+                at: Instant::now(),
+            });
+        } else if r < 0 {
+            // Not our child any more (cannot happen unless reaped elsewhere): stop tracking it.
+            self.exit = Some(Exit {
+                code: None,
+                cpu_s: 0.0,
+                at: Instant::now(),
+            });
+        }
+        self.exit
+    }
+
+    /// Its exit, if it has ended (non-blocking).
+    pub fn poll(&mut self) -> Option<Exit> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Sends SIGTERM (so tools can close cleanly), waits up to 3 s, then SIGKILL; returns the exit.
+    pub fn stop(&mut self) -> Exit {
+        if let Some(e) = self.poll() {
+            return e;
+        }
+        // SAFETY: signalling our own unreaped child; its PID cannot be reused before wait4.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if let Some(e) = self.poll() {
+                return e;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        self.reap(0).unwrap_or(Exit {
+            code: None,
+            cpu_s: 0.0,
+            at: Instant::now(),
+        })
+    }
+
+    /// The last `n` bytes of stderr, for failure messages.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        tail(&self.stderr, n)
+    }
+
+    /// Its whole stdout.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+/// The last `n` bytes of a file as one line of text.
+pub fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read(path).unwrap_or_default();
+    let s = String::from_utf8_lossy(&s[s.len().saturating_sub(n)..]).into_owned();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// Why waiting for a transfer's processes stopped early.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed.
+    Timeout,
+    /// The process at this index exited unsuccessfully (so the others may never finish).
+    Failed(usize),
+}
+
+/// Waits until every process in `procs` has exited successfully; stops at the first failure
+/// or when `deadline` passes.
+pub fn wait_all(procs: &mut [&mut Proc], deadline: Instant) -> Result<(), WaitError> {
+    loop {
+        let mut running = false;
+        for (i, p) in procs.iter_mut().enumerate() {
+            match p.poll() {
+                None => running = true,
+                Some(e) if e.code != Some(0) => return Err(WaitError::Failed(i)),
+                Some(_) => {}
+            }
+        }
+        if !running {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(WaitError::Timeout);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
