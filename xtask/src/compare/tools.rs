@@ -19,6 +19,9 @@ use crate::netns::{Host, Testbed};
 pub const LIGHT_PORT: u16 = 7700;
 /// udpcast's port base: receivers listen on base+1, where the sender's data goes.
 pub const UDPCAST_PORTBASE: u16 = 9000;
+/// udpcast's rendezvous group: the default is the interface's broadcast address, which the
+/// testbed's addresses do not set.
+const UDPCAST_RDV: &str = "224.0.0.1";
 /// UFTP's port: clients listen on it, and the server multicasts the data to it.
 pub const UFTP_PORT: u16 = 1044;
 
@@ -226,6 +229,7 @@ fn udpcast(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Me
         cmd.arg("--file")
             .arg(&copy)
             .args(["--interface", &host.iface, "--portbase", &base])
+            .args(["--mcast-rdv-address", UDPCAST_RDV])
             .args(["--nokbd", "--no-progress", "--start-timeout", &secs])
             .args(["--receive-timeout", "30", "--exit-wait", "100"]);
         receivers.push(Proc::spawn(
@@ -241,6 +245,7 @@ fn udpcast(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Me
     cmd.arg("--file")
         .arg(job.library.join(file_name(file)))
         .args(["--interface", &bed.server.iface, "--portbase", &base])
+        .args(["--mcast-rdv-address", UDPCAST_RDV])
         .args(["--min-receivers", &who.len().to_string()])
         .args(["--nokbd", "--no-progress", "--full-duplex"])
         .args(["--start-timeout", "30"]);
