@@ -105,6 +105,12 @@ pub struct CompareArgs {
     /// `uftp -R` rate in Kbit/s (-1: as fast as the interface).
     #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true)]
     pub uftp_rate_kbps: i64,
+    /// Extra `udp-sender` arguments, space-separated.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub udpcast_args: String,
+    /// Extra `uftp` arguments, space-separated.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub uftp_args: String,
     /// Longest one transfer may take, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -292,6 +298,8 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .unwrap_or_else(|| target_dir().join("release/light")),
         udpcast_bitrate: (a.udpcast_bitrate != "none").then(|| a.udpcast_bitrate.clone()),
         uftp_rate_kbps: a.uftp_rate_kbps,
+        udpcast_args: a.udpcast_args.split_whitespace().map(String::from).collect(),
+        uftp_args: a.uftp_args.split_whitespace().map(String::from).collect(),
         timeout: Duration::from_secs(a.timeout),
     };
     let mut rows: Vec<Row> = Vec::new();
