@@ -269,6 +269,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     ensure_peer_tools(&a.tools)?;
     let out = a.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     fs::create_dir_all(&out)?;
+    let _ = fs::remove_dir_all(out.join("failed-logs"));
     let _tmp;
     let work = match &a.workdir {
         Some(w) => w.clone(),
@@ -298,7 +299,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .unwrap_or_else(|| target_dir().join("release/light")),
         udpcast_bitrate: (a.udpcast_bitrate != "none").then(|| a.udpcast_bitrate.clone()),
         uftp_rate_kbps: a.uftp_rate_kbps,
-        udpcast_args: a.udpcast_args.split_whitespace().map(String::from).collect(),
+        udpcast_args: a
+            .udpcast_args
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
         uftp_args: a.uftp_args.split_whitespace().map(String::from).collect(),
         timeout: Duration::from_secs(a.timeout),
     };

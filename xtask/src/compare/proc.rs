@@ -117,9 +117,13 @@ impl Proc {
         })
     }
 
-    /// The last `n` bytes of stderr, for failure messages.
-    pub fn stderr_tail(&self, n: usize) -> String {
-        tail(&self.stderr, n)
+    /// Up to `n` bytes of stderr for a failure message: from the first line that reports an
+    /// error or panic (what follows is often a backtrace), else its end.
+    pub fn stderr_excerpt(&self, n: usize) -> String {
+        excerpt(
+            &String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()),
+            n,
+        )
     }
 
     /// Its whole stdout.
@@ -128,11 +132,42 @@ impl Proc {
     }
 }
 
-/// The last `n` bytes of a file as one line of text.
-pub fn tail(path: &Path, n: usize) -> String {
-    let s = std::fs::read(path).unwrap_or_default();
-    let s = String::from_utf8_lossy(&s[s.len().saturating_sub(n)..]).into_owned();
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Up to `n` bytes of `text` on one line: from the first line mentioning an error or a panic,
+/// else the last `n` bytes.
+pub fn excerpt(text: &str, n: usize) -> String {
+    let start = text
+        .lines()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("panicked") || l.contains("fail")
+        })
+        .map(|l| l.as_ptr() as usize - text.as_ptr() as usize);
+    let mut from = start.unwrap_or_else(|| text.len().saturating_sub(n));
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let mut to = (from + n).min(text.len());
+    while !text.is_char_boundary(to) {
+        to -= 1;
+    }
+    text[from..to]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn excerpt_starts_at_the_error() {
+        let t = "banner\nmore\nError: it broke\nStack backtrace:\n 0: x\n";
+        assert_eq!(excerpt(t, 15), "Error: it broke");
+        assert_eq!(excerpt("a\nb\nlast words", 10), "last words");
+        assert_eq!(excerpt("ééé", 3), "é");
+        assert_eq!(excerpt("", 5), "");
+    }
 }
 
 impl Drop for Proc {

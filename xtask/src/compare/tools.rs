@@ -17,7 +17,8 @@ use crate::netns::{Host, Testbed};
 
 /// Light's control (TCP) and multicast data (UDP) port.
 pub const LIGHT_PORT: u16 = 7700;
-/// udpcast's port base: receivers listen on base+1, where the sender's data goes.
+/// udpcast's port base: the receivers listen on it, and the sender's data goes there
+/// (checked with the loss rule's drop counter; the sender itself uses base+1).
 pub const UDPCAST_PORTBASE: u16 = 9000;
 /// udpcast's rendezvous group: the default is the interface's broadcast address, which the
 /// testbed's addresses do not set.
@@ -49,7 +50,7 @@ impl Tool {
     pub fn data_port(&self) -> u16 {
         match self {
             Tool::Light { .. } => LIGHT_PORT,
-            Tool::Udpcast => UDPCAST_PORTBASE + 1,
+            Tool::Udpcast => UDPCAST_PORTBASE,
             Tool::Uftp => UFTP_PORT,
         }
     }
@@ -117,7 +118,7 @@ fn describe(p: &Proc, e: Exit) -> String {
         Some(c) => format!("exited {c}"),
         None => "was killed".to_owned(),
     };
-    format!("{} {how}: {}", p.name, p.stderr_tail(300))
+    format!("{} {how}: {}", p.name, p.stderr_excerpt(300))
 }
 
 /// Runs one tool on the job.
@@ -191,6 +192,8 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
             "max",
             "--wait",
             "60",
+            "--mtu",
+            &job.mtu.to_string(),
         ])
         .arg("--json");
     let t0 = Instant::now();
