@@ -111,6 +111,11 @@ pub struct CompareArgs {
     /// Extra `uftp` arguments, space-separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub uftp_args: String,
+    /// Let UDP GSO batches cross the bridge as one buffer. By default the server's link
+    /// segments them (`ethtool -K tx-udp-segmentation off`), so the bridge, its loss rule and
+    /// the receivers see MTU-sized packets as on a real wire.
+    #[arg(long)]
+    pub keep_udp_gso: bool,
     /// Longest one transfer may take, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -176,15 +181,16 @@ fn apt_get(args: &[&str]) -> Result<bool> {
     Ok(st.success())
 }
 
-/// Installs the Debian packages of the requested peer tools if their programs are missing
-/// (`apt-get update` only when the first install attempt fails).
-pub fn ensure_peer_tools(tools: &[ToolName]) -> Result<()> {
+/// Installs the Debian packages of the requested peer tools (and `ethtool` when `ethtool` is
+/// set) if their programs are missing (`apt-get update` only when the first attempt fails).
+pub fn ensure_packages(tools: &[ToolName], ethtool: bool) -> Result<()> {
     let missing: Vec<&str> = [
-        (ToolName::Udpcast, "udp-sender", "udpcast"),
-        (ToolName::Uftp, "uftp", "uftp"),
+        (tools.contains(&ToolName::Udpcast), "udp-sender", "udpcast"),
+        (tools.contains(&ToolName::Uftp), "uftp", "uftp"),
+        (ethtool, "ethtool", "ethtool"),
     ]
     .iter()
-    .filter(|(t, prog, _)| tools.contains(t) && !have(prog))
+    .filter(|(wanted, prog, _)| *wanted && !have(prog))
     .map(|(_, _, pkg)| *pkg)
     .collect();
     if missing.is_empty() {
@@ -244,6 +250,7 @@ struct Results<'a> {
     loss_per_mille: u32,
     udpcast_bitrate: &'a str,
     uftp_rate_kbps: i64,
+    keep_udp_gso: bool,
     rows: &'a [Row],
 }
 
@@ -266,7 +273,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         a.mtus.iter().all(|&m| (1280..=9000).contains(&m)),
         "MTU in 1280..=9000"
     );
-    ensure_peer_tools(&a.tools)?;
+    ensure_packages(&a.tools, !a.keep_udp_gso)?;
     let out = a.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     fs::create_dir_all(&out)?;
     let _ = fs::remove_dir_all(out.join("failed-logs"));
@@ -320,6 +327,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                     .or_else(|_| fs::copy(files.join(&name), library.join(&name)).map(|_| ()))?;
             }
             let bed = Testbed::new(k, mtu)?;
+            if !a.keep_udp_gso {
+                let s = &bed.server;
+                let off = ["ethtool", "-K", &s.iface, "tx-udp-segmentation", "off"];
+                crate::netns::in_ns(&s.ns, &off).context("segment UDP GSO on the server link")?;
+            }
             for &scenario in &a.scenarios {
                 let start = rows.len();
                 let variants = variants(&a.tools, scenario, k);
@@ -386,6 +398,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         loss_per_mille: a.loss_per_mille,
         udpcast_bitrate: &a.udpcast_bitrate,
         uftp_rate_kbps: a.uftp_rate_kbps,
+        keep_udp_gso: a.keep_udp_gso,
         rows: &rows,
     })?;
     fs::write(out.join("e2e.json"), json)?;
@@ -445,6 +458,10 @@ fn one_rep(
         rep.wall_s = m.wall_s;
         rep.sender_cpu_s = m.sender_cpu_s;
         rep.receivers_cpu_s = m.receivers_cpu_s;
+        rep.delivery_s = m
+            .report
+            .as_ref()
+            .and_then(|r| r["multicast_seconds"].as_f64());
         rep.light_report = m.report;
         rep.goodput_mbit_s = file_bytes as f64 * 8.0 / 1e6 / m.wall_s.max(1e-9);
         for (r, copy) in m.copies.iter().enumerate() {

@@ -47,6 +47,9 @@ pub struct Rep {
     pub sender_cpu_s: f64,
     /// All receivers' CPU seconds together.
     pub receivers_cpu_s: f64,
+    /// Light only: seconds of its multicast delivery phase (`multicast_seconds` in its
+    /// report), i.e. without connection set-up and cache placement.
+    pub delivery_s: Option<f64>,
     /// Packets the loss rule dropped.
     pub loss_drops: u64,
     /// Light's server report, when it printed one.
@@ -61,6 +64,8 @@ pub struct Median {
     pub wall_s: f64,
     /// Goodput per receiver, Mbit/s.
     pub goodput_mbit_s: f64,
+    /// Light's delivery phase, seconds.
+    pub delivery_s: Option<f64>,
     /// Bytes the server sent.
     pub from_server: f64,
     /// Bytes the receivers sent.
@@ -114,6 +119,7 @@ impl Row {
         self.median = m(&|r| r.wall_s).map(|wall_s| Median {
             wall_s,
             goodput_mbit_s: m(&|r| r.goodput_mbit_s).unwrap_or(0.0),
+            delivery_s: median(ok.iter().filter_map(|r| r.delivery_s).collect()),
             from_server: m(&|r| r.wire.from_server as f64).unwrap_or(0.0),
             from_receivers: m(&|r| r.wire.from_receivers as f64).unwrap_or(0.0),
             sender_cpu_s: m(&|r| r.sender_cpu_s).unwrap_or(0.0),
@@ -140,8 +146,9 @@ impl Row {
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
         "| scenario | MTU | K | tool | verified | wall s | goodput Mbit/s per receiver | \
-         server sent MB | receivers sent MB | sender CPU s | receivers CPU s | loss drops |\n\
-         |---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         Light delivery s | server sent MB | receivers sent MB | sender CPU s | \
+         receivers CPU s | loss drops |\n\
+         |---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let status = match r.runs.iter().find_map(|x| x.error.as_deref()) {
@@ -156,15 +163,16 @@ pub fn markdown(rows: &[Row]) -> String {
         let drops = median(r.runs.iter().map(|x| x.loss_drops as f64).collect()).unwrap_or(0.0);
         let cells = match r.median {
             Some(m) => format!(
-                "{:.2} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {drops:.0}",
+                "{:.2} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {drops:.0}",
                 m.wall_s,
                 m.goodput_mbit_s,
+                m.delivery_s.map_or("–".to_owned(), |d| format!("{d:.2}")),
                 m.from_server / 1e6,
                 m.from_receivers / 1e6,
                 m.sender_cpu_s,
                 m.receivers_cpu_s
             ),
-            None => "– | – | – | – | – | – | –".to_owned(),
+            None => "– | – | – | – | – | – | – | –".to_owned(),
         };
         s += &format!(
             "| {} | {} | {} | {} | {status} | {cells} |\n",
