@@ -191,22 +191,34 @@ type Series = BTreeMap<String, Vec<(u32, f64)>>;
 /// Draws median goodput by K, one line per tool, one panel per scenario and MTU.
 pub fn svg(rows: &[Row], path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
-    let mut panels: BTreeMap<(String, u32), Series> = BTreeMap::new();
+    let mut panels: Vec<((String, u32), Series)> = Vec::new();
     let mut labels: Vec<String> = Vec::new();
     for r in rows {
         let label = r.label();
         if !labels.contains(&label) {
             labels.push(label.clone());
         }
-        let series = panels
-            .entry((r.scenario.clone(), r.mtu))
-            .or_default()
-            .entry(label)
-            .or_default();
+        let key = (r.scenario.clone(), r.mtu);
+        let at = match panels.iter().position(|p| p.0 == key) {
+            Some(i) => i,
+            None => {
+                panels.push((key, Series::new()));
+                panels.len() - 1
+            }
+        };
+        let series = panels[at].1.entry(label).or_default();
         if let Some(m) = r.median {
             series.push((r.k as u32, m.goodput_mbit_s));
         }
     }
+    // One row of panels per scenario (in run order), one column per MTU.
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    panels.sort_by_key(|((s, mtu), _)| (scenarios.iter().position(|x| x == s), *mtu));
     let kmax = rows.iter().map(|r| r.k as u32).max().unwrap_or(1);
     let cols = rows
         .iter()

@@ -77,7 +77,7 @@ pub struct Settings {
 pub struct Job<'a> {
     /// The hosts.
     pub bed: &'a Testbed,
-    /// Link MTU (UFTP's block size follows it).
+    /// Link MTU (the peers' block sizes and Light's `--mtu` follow it).
     pub mtu: u32,
     /// Directory holding `file-<i>.bin` for every file in the library.
     pub library: &'a Path,
