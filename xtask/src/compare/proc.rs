@@ -132,17 +132,44 @@ impl Proc {
     }
 }
 
-/// Up to `n` bytes of `text` on one line: from the first line mentioning an error or a panic,
-/// else the last `n` bytes.
+/// Removes ANSI colour sequences (`ESC [ ... letter`), which tracing puts in its logs.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Up to `n` bytes of `text` on one line, without colours or backtrace: from the first line
+/// that starts an error report (`Error…`, a panic), else the first mentioning an error or
+/// failure, else the last `n` bytes.
 pub fn excerpt(text: &str, n: usize) -> String {
-    let start = text
+    let text = strip_ansi(text);
+    let text = text.split("Stack backtrace:").next().unwrap_or_default();
+    let offset = |l: &str| l.as_ptr() as usize - text.as_ptr() as usize;
+    let report = text
         .lines()
-        .find(|l| {
+        .find(|l| l.trim_start().starts_with("Error") || l.contains("panicked at"));
+    let mention = || {
+        text.lines().find(|l| {
             let l = l.to_ascii_lowercase();
-            l.contains("error") || l.contains("panicked") || l.contains("fail")
+            l.contains("error") || l.contains("fail")
         })
-        .map(|l| l.as_ptr() as usize - text.as_ptr() as usize);
-    let mut from = start.unwrap_or_else(|| text.len().saturating_sub(n));
+    };
+    let mut from = report
+        .or_else(mention)
+        .map(offset)
+        .unwrap_or_else(|| text.len().saturating_sub(n));
     while !text.is_char_boundary(from) {
         from += 1;
     }
@@ -167,6 +194,12 @@ mod tests {
         assert_eq!(excerpt("a\nb\nlast words", 10), "last words");
         assert_eq!(excerpt("ééé", 3), "é");
         assert_eq!(excerpt("", 5), "");
+        let log = "\u{1b}[33m WARN\u{1b}[0m lost error=closed\nError: receiving x\n\nCaused by:\n    short\n\nStack backtrace:\n 0: y\n";
+        assert_eq!(excerpt(log, 200), "Error: receiving x Caused by: short");
+        assert_eq!(
+            excerpt("ok\n\u{1b}[1mfailed to bind\u{1b}[0m\n", 200),
+            "failed to bind"
+        );
     }
 }
 

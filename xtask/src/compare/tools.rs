@@ -348,8 +348,19 @@ fn finish(
         Ok(()) => {}
         Err(WaitError::Timeout) => bail!("timed out after {:?}", s.timeout),
         Err(WaitError::Failed(i)) => {
-            let e = all[i].poll().expect("it exited");
-            bail!("{}", describe(all[i], e))
+            // The others often fail for the same reason a moment later (a server reports only
+            // that a receiver failed; the receiver says why): give them a little time.
+            let _ = wait_all(&mut all[..counted], Instant::now() + Duration::from_secs(3));
+            let mut why: Vec<String> = Vec::new();
+            for j in std::iter::once(i).chain(0..counted) {
+                if let Some(e) = all[j].poll().filter(|e| e.code != Some(0)) {
+                    let d = describe(all[j], e);
+                    if !why.contains(&d) && why.len() < 2 {
+                        why.push(d);
+                    }
+                }
+            }
+            bail!("{}", why.join("; "))
         }
     }
     let mut end = t0;
