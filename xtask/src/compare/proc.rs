@@ -132,6 +132,20 @@ impl Proc {
     }
 }
 
+/// Waits until every process in `procs` has exited, however it ended, or `deadline` passes;
+/// returns whether all exited.
+pub fn wait_exited(procs: &mut [&mut Proc], deadline: Instant) -> bool {
+    loop {
+        if procs.iter_mut().all(|p| p.poll().is_some()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Removes ANSI colour sequences (`ESC [ ... letter`), which tracing puts in its logs.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

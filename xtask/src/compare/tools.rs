@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 
-use super::proc::{Exit, Proc, WaitError, wait_all};
+use super::proc::{Exit, Proc, WaitError, wait_all, wait_exited};
 use crate::netns::{Host, Testbed};
 
 /// Light's control (TCP) and multicast data (UDP) port.
@@ -350,7 +350,10 @@ fn finish(
         Err(WaitError::Failed(i)) => {
             // The others often fail for the same reason a moment later (a server reports only
             // that a receiver failed; the receiver says why): give them a little time.
-            let _ = wait_all(&mut all[..counted], Instant::now() + Duration::from_secs(3));
+            wait_exited(
+                &mut all[..counted],
+                Instant::now() + Duration::from_secs(10),
+            );
             let mut why: Vec<String> = Vec::new();
             for j in std::iter::once(i).chain(0..counted) {
                 if let Some(e) = all[j].poll().filter(|e| e.code != Some(0)) {
