@@ -364,3 +364,22 @@ fn forged_packets_are_dropped_by_mac() {
         "receivers counted forged packets as MAC failures"
     );
 }
+
+/// MTU 9000: frames do not fit an AF_XDP chunk, so receivers say so and fall back to the
+/// socket path; the session still verifies with jumbo symbols.
+#[test]
+fn jumbo_frames_fall_back_to_the_socket_path() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 2);
+    let bed = Testbed::new(2, 9000).unwrap();
+    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "50%");
+    s.mtu = 9000;
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    for r in &run.receivers {
+        let sum: serde_json::Value = serde_json::from_str(r.output.trim()).unwrap();
+        assert!(sum["rx_path"].as_str().unwrap().contains("socket"), "{sum}");
+    }
+    assert_eq!(report(&run)["fec"]["symbol_size"].as_u64().unwrap(), 8896);
+}

@@ -14,6 +14,18 @@ pub use xdp::{AttachMode, XdpRx};
 /// Errors of the receive path, each with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum RxError {
+    /// The link's frames do not fit an AF_XDP frame.
+    #[error(
+        "AF_XDP receive needs an MTU of at most {max} on `{iface}` (it is {mtu}); jumbo frames use the socket path"
+    )]
+    MtuTooLarge {
+        /// Interface name.
+        iface: String,
+        /// Its MTU.
+        mtu: u32,
+        /// The largest supported.
+        max: u32,
+    },
     /// No interface of that name.
     #[error("network interface `{0}` not found")]
     InterfaceNotFound(String),

@@ -316,6 +316,15 @@ impl XdpRx {
     /// mode as fallback) and joins `group` so switches forward it.
     pub fn open(iface: &str, group: IpAddr, port: u16, mode: AttachMode) -> Result<Self, RxError> {
         let idx = ifindex(iface)?;
+        // One frame per UMEM chunk: jumbo frames would need AF_XDP multi-buffer.
+        let mtu = mtu(iface)?;
+        if mtu > MAX_XDP_MTU {
+            return Err(RxError::MtuTooLarge {
+                iface: iface.to_owned(),
+                mtu,
+                max: MAX_XDP_MTU,
+            });
+        }
         let mut program = XdpProgram::attach(iface, &[port], mode)?;
         let name =
             std::ffi::CString::new(iface).map_err(|_| RxError::InterfaceNotFound(iface.into()))?;
@@ -404,6 +413,41 @@ impl XdpRx {
             .map(|q| q.drain(port, stats, sink))
             .sum()
     }
+}
+
+/// Largest MTU whose frames fit one UMEM chunk after the kernel's XDP headroom.
+pub const MAX_XDP_MTU: u32 = FRAME_SIZE - 256 - 14 - 4 - 320;
+
+/// The MTU of `iface` (asked through a socket, so it works inside any network namespace).
+pub fn mtu(iface: &str) -> Result<u32, RxError> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map_err(
+        |source| RxError::Socket {
+            op: "socket",
+            source,
+        },
+    )?;
+    // SAFETY: an all-zero ifreq is valid; the name is copied in below within bounds.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(RxError::InterfaceNotFound(iface.to_owned()));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the name and writes ifru_mtu of the live `req`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCGIFMTU,
+            &mut req,
+        )
+    };
+    if rc != 0 {
+        return Err(RxError::InterfaceNotFound(iface.to_owned()));
+    }
+    // SAFETY: the kernel filled the MTU member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// Number of rx queues of `iface` (at least 1), from sysfs.
