@@ -383,3 +383,78 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
     }
     assert_eq!(report(&run)["fec"]["symbol_size"].as_u64().unwrap(), 8896);
 }
+
+fn kill(pid: u32) {
+    // SAFETY: signals a child process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Killing the server mid-multicast makes every receiver exit non-zero, quickly, saying why.
+#[test]
+fn receivers_exit_when_the_server_dies() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    s.rate = "20M".into();
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    kill(running.server_pid());
+    let started = std::time::Instant::now();
+    let run = running.wait(std::time::Duration::from_secs(40)).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "receivers exit in time"
+    );
+    for r in &run.receivers {
+        assert!(!r.ok, "no receiver may claim success");
+        assert!(r.output.contains("lost the server"), "{}", r.output);
+    }
+}
+
+/// A receiver killed mid-multicast does not hold up the others; the report says it was lost.
+#[test]
+fn a_dead_receiver_does_not_block_the_others() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    s.rate = "40M".into();
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    kill(running.receiver_pid(1));
+    let run = running.wait(std::time::Duration::from_secs(90)).unwrap();
+    for i in [0, 2, 3] {
+        assert!(
+            run.receivers[i].identical,
+            "receiver {}: {}",
+            i + 1,
+            run.receivers[i].output
+        );
+    }
+    assert!(
+        !run.server_ok,
+        "the server reports the lost receiver with a non-zero exit"
+    );
+    let rep = report(&run);
+    let lost = rep["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["receiver"] == 2)
+        .unwrap();
+    assert!(
+        lost["outcome"].as_str().unwrap().starts_with("lost"),
+        "{lost}"
+    );
+}

@@ -164,6 +164,52 @@ fn collect(c: &mut Child, deadline: Instant) -> Result<(bool, String, String)> {
 /// Runs a server and one receiver per demand on `bed`, waits for all of them (bounded),
 /// and compares every output with the library's file.
 pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
+    spawn_session(bed, spec)?.wait(Duration::from_secs(600))
+}
+
+/// A session whose processes are running (killed on drop).
+pub struct Running {
+    procs: Guard,
+    spec: SessionSpec,
+}
+
+impl Running {
+    /// Process id of the server (`ip netns exec` execs `light`, so it is light's pid).
+    pub fn server_pid(&self) -> u32 {
+        self.procs.0[0].id()
+    }
+
+    /// Process id of receiver `i` (0-based, in `demands` order).
+    pub fn receiver_pid(&self, i: usize) -> u32 {
+        self.procs.0[i + 1].id()
+    }
+
+    /// Waits (at most `limit`) for every process and compares every output with the library.
+    pub fn wait(mut self, limit: Duration) -> Result<SessionRun> {
+        let deadline = Instant::now() + limit;
+        let (server_ok, report, _) = collect(&mut self.procs.0[0], deadline)?;
+        let mut receivers = Vec::new();
+        for (i, want) in self.spec.demands.iter().enumerate() {
+            let (ok, out, err) = collect(&mut self.procs.0[i + 1], deadline)?;
+            let got = self.spec.work.join(format!("out-{i}")).join(want);
+            let identical =
+                ok && fs::read(&got).ok() == fs::read(self.spec.library.join(want)).ok();
+            receivers.push(ReceiverRun {
+                ok,
+                output: if ok { out } else { err },
+                identical,
+            });
+        }
+        Ok(SessionRun {
+            server_ok,
+            report,
+            receivers,
+        })
+    }
+}
+
+/// Starts a server and one receiver per demand on `bed` and returns at once.
+pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
     ensure!(
         spec.demands.len() <= bed.receivers.len(),
         "more demands than test hosts"
@@ -221,23 +267,9 @@ pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
         cmd.args(spec.receive_args.get(i).into_iter().flatten());
         procs.0.push(cmd.spawn().context("start light receive")?);
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (server_ok, report, _) = collect(&mut procs.0[0], deadline)?;
-    let mut receivers = Vec::new();
-    for (i, want) in spec.demands.iter().enumerate() {
-        let (ok, out, err) = collect(&mut procs.0[i + 1], deadline)?;
-        let got = spec.work.join(format!("out-{i}")).join(want);
-        let identical = ok && fs::read(&got).ok() == fs::read(spec.library.join(want)).ok();
-        receivers.push(ReceiverRun {
-            ok,
-            output: if ok { out } else { err },
-            identical,
-        });
-    }
-    Ok(SessionRun {
-        server_ok,
-        report,
-        receivers,
+    Ok(Running {
+        procs,
+        spec: spec.clone(),
     })
 }
 

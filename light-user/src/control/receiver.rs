@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::{
     BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
+    server::{HEARTBEAT, SILENCE},
     session::{PlanAnnouncement, SessionError, field},
 };
 use crate::{
@@ -246,29 +247,53 @@ pub async fn receive(
     // through `done` too); a server that ends the session stops the wait for repair.
     chan.set_timeout(Duration::from_secs(24 * 3600));
     let mut control_open = true;
+    let mut lost: Option<String> = None;
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut heard = Instant::now();
     let result = loop {
         tokio::select! {
             r = &mut done_rx => {
                 break r.map_err(|_| SessionError::Protocol("receive thread died".into()))?;
             }
             Some(blocks) = nack_rx.recv() => {
-                chan.send(&ToServer::Nack { blocks })
-                    .await
-                    .map_err(SessionError::control("send nack"))?;
-            }
-            msg = chan.recv(), if control_open => match msg {
-                Ok(ToReceiver::Heartbeat) => {}
-                Ok(other) => {
-                    tracing::info!(?other, "server ended the session");
-                    abort.store(true, Ordering::Relaxed);
+                if control_open {
+                    chan.send(&ToServer::Nack { blocks })
+                        .await
+                        .map_err(SessionError::control("send nack"))?;
                 }
-                Err(e) => {
+            }
+            _ = beat.tick(), if control_open => {
+                if heard.elapsed() > SILENCE {
+                    lost = Some(format!("the server has been silent for {} s", SILENCE.as_secs()));
+                } else if let Err(e) = chan.send(&ToServer::Heartbeat).await {
+                    lost = Some(e.to_string());
+                }
+                if lost.is_some() {
                     control_open = false;
                     abort.store(true, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "control channel lost");
                 }
-            },
+            }
+            msg = chan.recv(), if control_open => {
+                heard = Instant::now();
+                match msg {
+                    Ok(ToReceiver::Heartbeat) => {}
+                    Ok(other) => {
+                        tracing::info!(?other, "server ended the session");
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        lost = Some(e.to_string());
+                        control_open = false;
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
         }
+    };
+    // A delivery cut short by a vanished server says so, rather than only what it lacks.
+    let result = match (result, lost) {
+        (Err(e), Some(why)) => Err(SessionError::ServerLost(format!("{why}; {e}"))),
+        (r, _) => r,
     };
     let (ok, detail, bytes) = match &result {
         Ok(s) => (true, format!("verified {}", s.path), s.bytes),

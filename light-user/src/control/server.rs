@@ -372,13 +372,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     }
     let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx, key);
     let pass_started = Instant::now();
-    let pass = passes.run(PassCmd::First).await?.0;
+    let (back, pass) = with_heartbeats(ready, passes.run(PassCmd::First)).await;
+    let pass = pass?.0;
+    let mut ready = back;
     let pass_secs = pass_started.elapsed().as_secs_f64();
 
     // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
     // blocks get more parity, once for all who miss them.
     let (mut repair_rounds, mut repair_bytes, mut repair_packets) = (0u32, 0u64, 0u64);
-    let mut active = ready;
+    let mut active = std::mem::take(&mut ready);
     let mut finished = Vec::new();
     // Rounds go on while they help: a round that leaves more shards missing than the best
     // so far counts against a small budget of stalls.
@@ -388,16 +390,34 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         for (i, mut a) in active.drain(..) {
             let timeout = cfg.done_timeout;
             waits.push(tokio::spawn(async move {
+                // Receivers heartbeat every HEARTBEAT; a long silence means they are gone.
                 a.chan.set_timeout(timeout);
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                let mut heard = Instant::now();
                 let verdict = loop {
-                    match a.chan.recv().await {
-                        Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
-                        Ok(ToServer::Done {
-                            ok: false, detail, ..
-                        }) => break Verdict::Failed(detail),
-                        Ok(ToServer::Nack { blocks }) => break Verdict::Nack(blocks),
-                        Ok(_) => continue,
-                        Err(e) => break Verdict::Lost(e.to_string()),
+                    tokio::select! {
+                        msg = a.chan.recv() => {
+                            heard = Instant::now();
+                            match msg {
+                                Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
+                                Ok(ToServer::Done { ok: false, detail, .. }) => {
+                                    break Verdict::Failed(detail);
+                                }
+                                Ok(ToServer::Nack { blocks }) => break Verdict::Nack(blocks),
+                                Ok(_) => {}
+                                Err(e) => break Verdict::Lost(e.to_string()),
+                            }
+                        }
+                        _ = beat.tick() => {
+                            if heard.elapsed() > SILENCE {
+                                break Verdict::Lost(format!(
+                                    "silent for {} s", SILENCE.as_secs()
+                                ));
+                            }
+                            if let Err(e) = a.chan.send(&ToReceiver::Heartbeat).await {
+                                break Verdict::Lost(e.to_string());
+                            }
+                        }
                     }
                 };
                 (i, a, verdict, pass_started.elapsed().as_secs_f64())
@@ -435,7 +455,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             break;
         }
         let blocks = requests.len();
-        let (stats, exhausted) = passes.run(PassCmd::Repair(requests)).await?;
+        let (back, repaired) = with_heartbeats(active, passes.run(PassCmd::Repair(requests))).await;
+        active = back;
+        let (stats, exhausted) = repaired?;
         tracing::info!(
             round = round + 1,
             receivers = active.len(),
@@ -784,4 +806,48 @@ fn same_secret(got: Option<&str>, want: Option<&str>) -> bool {
         }
         _ => false,
     }
+}
+
+/// How often each side of the control channel shows it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Silence after which the other side of the control channel counts as gone.
+pub const SILENCE: Duration = Duration::from_secs(15);
+
+/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats;
+/// gives the channels back with the work's result. A receiver whose channel fails is
+/// returned all the same: the next read reports it lost.
+async fn with_heartbeats<T>(
+    receivers: Vec<(usize, Admitted)>,
+    work: impl std::future::Future<Output = T>,
+) -> (Vec<(usize, Admitted)>, T) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = receivers
+        .into_iter()
+        .map(|(i, mut a)| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = beat.tick() => {
+                            if a.chan.send(&ToReceiver::Heartbeat).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                (i, a)
+            })
+        })
+        .collect();
+    let out = work.await;
+    let _ = stop_tx.send(true);
+    let mut back = Vec::new();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            back.push(r);
+        }
+    }
+    (back, out)
 }

@@ -76,6 +76,9 @@ pub enum SessionError {
         /// Receivers required.
         need: usize,
     },
+    /// The server went away mid-session (partial state is kept for a resume).
+    #[error("lost the server: {0}")]
+    ServerLost(String),
     /// The multicast ended and the file is still incomplete.
     #[error("delivery incomplete: {0}")]
     Incomplete(String),
