@@ -458,3 +458,32 @@ fn a_dead_receiver_does_not_block_the_others() {
         "{lost}"
     );
 }
+
+/// A receiver killed mid-session comes back in the next session: its cache, already on
+/// disk, is not sent again (nor anyone else's), and its file verifies.
+#[test]
+fn a_killed_receiver_resumes_in_the_next_session_without_refetching_its_cache() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    s.rate = "40M".into();
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    kill(running.receiver_pid(1));
+    let first = running.wait(std::time::Duration::from_secs(90)).unwrap();
+    assert!(!first.receivers[1].ok);
+    s.rate = "max".into();
+    let second = run_session(&bed, &s).unwrap();
+    assert_all_identical(&second);
+    assert_eq!(
+        report(&second)["placed_bytes"].as_u64().unwrap(),
+        0,
+        "caches were reused"
+    );
+}

@@ -138,23 +138,33 @@ pub async fn receive(
         .map_err(SessionError::control("wait for the cache"))?
     {
         ToReceiver::CacheBegin { len, blake3, .. } => {
-            let mut state =
-                BlobReceiver::new(len, &blake3).map_err(SessionError::control("cache header"))?;
-            let mut file = tokio::fs::File::create(&cache_path)
+            let io = |op| {
+                let path = cache_path.clone();
+                move |source| SessionError::Io { op, path, source }
+            };
+            let (mut state, kept) = resume_cache(&cache_path, len, &blake3)?;
+            if kept > 0 {
+                tracing::info!(kept, len, "reusing the cache already on disk");
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&cache_path)
+                .map_err(io("open"))?;
+            file.set_len(kept).map_err(io("truncate"))?;
+            let mut file = tokio::fs::File::from_std(file);
+            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
                 .await
-                .map_err(|source| SessionError::Io {
-                    op: "create",
-                    path: cache_path.clone(),
-                    source,
-                })?;
-            chan.recv_blob(&mut state, &mut file)
-                .await
-                .map_err(SessionError::control("receive the cache"))?;
-            file.sync_all().await.map_err(|source| SessionError::Io {
-                op: "sync",
-                path: cache_path.clone(),
-                source,
-            })?;
+                .map_err(io("seek"))?;
+            if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
+                if kept > 0 {
+                    // The kept prefix may be what failed verification: start clean next time.
+                    let _ = std::fs::remove_file(&cache_path);
+                }
+                return Err(SessionError::control("receive the cache")(e));
+            }
+            file.sync_all().await.map_err(io("sync"))?;
             len
         }
         other => {
@@ -576,4 +586,42 @@ impl AsRef<[u8]> for CacheBytes {
             Self::Mapped(m) => m,
         }
     }
+}
+
+/// Picks up a cache already on disk: bytes that are a prefix of the announced cache are
+/// kept (the BLAKE3 of the whole, checked at the end of the transfer, vouches for them),
+/// so a restarted receiver only downloads what it lacks. Returns the transfer state and
+/// how many bytes were kept.
+fn resume_cache(
+    path: &std::path::Path,
+    len: u64,
+    blake3_hex: &str,
+) -> Result<(BlobReceiver, u64), SessionError> {
+    let fresh =
+        || BlobReceiver::new(len, blake3_hex).map_err(SessionError::control("cache header"));
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok((fresh()?, 0));
+    };
+    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if have == 0 || have > len {
+        return Ok((fresh()?, 0));
+    }
+    let mut state = fresh()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < have {
+        let n = match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min((have - offset) as usize),
+        };
+        if state.accept(offset, &buf[..n]).is_err() {
+            return Ok((fresh()?, 0));
+        }
+        offset += n as u64;
+    }
+    // A complete file that does not hash right is stale or damaged: download it again.
+    if offset == len && state.finish().is_err() {
+        return Ok((fresh()?, 0));
+    }
+    Ok((state, offset))
 }
