@@ -487,3 +487,35 @@ fn a_killed_receiver_resumes_in_the_next_session_without_refetching_its_cache() 
         "caches were reused"
     );
 }
+
+/// Receivers that pin the server's ed25519 key accept its signed manifests and refuse a
+/// server holding another key.
+#[test]
+fn pinned_server_key_is_enforced() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("library");
+    library(&lib, 2);
+    let real = light::catalog::ServerKey::load_or_create(&lib)
+        .unwrap()
+        .public_hex();
+    let other = light::catalog::ServerKey::load_or_create(dir.path().join("elsewhere"))
+        .unwrap()
+        .public_hex();
+    let bed = Testbed::new(2, 1500).unwrap();
+    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "0");
+    s.receive_args = vec![
+        vec!["--server-key".into(), real],
+        vec!["--server-key".into(), other],
+    ];
+    let run = run_session(&bed, &s).unwrap();
+    assert!(run.receivers[0].identical, "{}", run.receivers[0].output);
+    assert!(!run.receivers[1].ok);
+    assert!(
+        run.receivers[1]
+            .output
+            .contains("not signed by the pinned server key"),
+        "{}",
+        run.receivers[1].output
+    );
+}

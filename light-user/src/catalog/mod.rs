@@ -12,6 +12,7 @@ mod db;
 mod manifest;
 mod output;
 mod pack;
+mod signing;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use db::{
 pub use manifest::{DEFAULT_CHUNK_SIZE, Digest, MAX_CHUNK_SIZE, Manifest};
 pub use output::{OutputFile, PARTIAL_SUFFIX, Resumed, STATE_SUFFIX};
 pub use pack::{PackOptions, PackReport, pack};
+pub use signing::{KEY_FILE, ServerKey, is_public_key, verify_manifest};
 
 /// Everything that can go wrong in the catalog, with the path or item concerned.
 #[derive(Debug, thiserror::Error)]

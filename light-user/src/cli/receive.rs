@@ -46,9 +46,21 @@ pub struct Args {
     /// Secret the server asks for (also from the LIGHT_TOKEN environment variable).
     #[arg(long, env = "LIGHT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The server's public key as `light serve` prints it: refuse manifests it did not sign
+    /// (also from the LIGHT_SERVER_KEY environment variable).
+    #[arg(long, env = "LIGHT_SERVER_KEY", value_parser = parse_key)]
+    server_key: Option<String>,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_key(s: &str) -> Result<String, String> {
+    if crate::catalog::is_public_key(s) {
+        Ok(s.trim().to_owned())
+    } else {
+        Err("expected the 64-hex-digit key `light serve` prints".into())
+    }
 }
 
 /// Runs `light receive`.
@@ -72,6 +84,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs_f64(a.connect_timeout),
         idle_timeout: Duration::from_secs(30),
         token: a.token.clone(),
+        server_key: a.server_key.clone(),
     };
     // indicatif hides the bar when stderr is not a terminal.
     let bar = ProgressBar::new(0).with_style(

@@ -20,7 +20,7 @@ use super::{
     session::{PlanAnnouncement, SessionError, field},
 };
 use crate::{
-    catalog::{Manifest, OutputFile},
+    catalog::{Manifest, OutputFile, verify_manifest},
     coding::{Decoder, plan},
     fec::{Assembler, Event, FecParams},
     transport::{
@@ -52,6 +52,8 @@ pub struct ReceiveConfig {
     pub idle_timeout: Duration,
     /// Secret to present to the server.
     pub token: Option<String>,
+    /// The server's pinned ed25519 public key (hex): manifests it did not sign are refused.
+    pub server_key: Option<String>,
 }
 
 /// One-line outcome of a reception.
@@ -191,6 +193,19 @@ pub async fn receive(
                 .map_err(|_| SessionError::Protocol(format!("bad group {group}")))?;
             let announced: PlanAnnouncement = field(plan, "plan")?;
             let manifest: Manifest = field(manifest, "manifest")?;
+            if !manifest.verify_root() {
+                return Err(SessionError::Protocol(
+                    "the announced manifest's root does not match its chunk hashes".into(),
+                ));
+            }
+            if let Some(pk) = &cfg.server_key
+                && !verify_manifest(pk, &manifest, &announced.manifest_signature)
+            {
+                return Err(SessionError::Refused(format!(
+                    "the manifest of {} is not signed by the pinned server key {pk}",
+                    manifest.path()
+                )));
+            }
             let fec: FecParams = field(fec, "fec")?;
             (group, port, announced, manifest, fec)
         }

@@ -17,7 +17,7 @@ use super::{
     session::{PlanAnnouncement, SessionError},
 };
 use crate::{
-    catalog::{Catalog, ContentInfo, SessionOutcome, pack},
+    catalog::{Catalog, ContentInfo, ServerKey, SessionOutcome, pack},
     coding::{CacheBudget, Plan, PlanInput, SchemeChoice, plan},
     fec::FecParams,
     transport::mac::PacketKey,
@@ -217,6 +217,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             cfg.library.display()
         )));
     }
+    let signer = Arc::new(ServerKey::load_or_create(&cfg.library)?);
+    eprintln!(
+        "light: server key {} (receivers pin it with --server-key)",
+        signer.public_hex()
+    );
     let catalog = Arc::new(Mutex::new(catalog));
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
@@ -323,6 +328,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             port: cfg.port,
             fec,
             key: key.as_ref().map(PacketKey::to_hex),
+            signer: signer.clone(),
         };
         tasks.push(tokio::spawn(async move {
             let r =
@@ -699,6 +705,7 @@ async fn place_and_announce(
             input,
             slot,
             key: ann.key,
+            manifest_signature: ann.signer.sign(&manifest),
         })
         .unwrap_or_default(),
         manifest: serde_json::to_value(&manifest).unwrap_or_default(),
@@ -795,6 +802,7 @@ struct Announcement {
     port: u16,
     fec: FecParams,
     key: Option<String>,
+    signer: Arc<ServerKey>,
 }
 
 /// Compares two secrets without an early exit on the first differing byte.

@@ -22,6 +22,8 @@ pub struct PlanAnnouncement {
     pub slot: u32,
     /// Hex key of the per-packet MAC, if the session authenticates packets.
     pub key: Option<String>,
+    /// The server's ed25519 signature of the announced manifest, in hex.
+    pub manifest_signature: String,
 }
 
 /// Errors of running a session, server or receiver side, with what was being done.
