@@ -6,5 +6,6 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fuzz;
 pub mod netns;
 pub mod setup;
