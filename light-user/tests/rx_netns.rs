@@ -15,10 +15,12 @@ use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
 use xtask::netns::{Testbed, enter, in_ns, require_root};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 77, 1, 1);
+const GROUP6: &str = "ff05::77:1";
 const PORT: u16 = 7711;
 const PACKETS: u32 = 4000;
-/// Largest Light payload in one 1500-byte IPv4 frame.
-const MAX_PAYLOAD: usize = 1500 - 20 - 8 - HEADER_LEN;
+/// Largest Light payload in one 1500-byte IPv6 frame (IPv4 allows 20 bytes more; Light
+/// never sends fragments, and the XDP program passes them to the stack).
+const MAX_PAYLOAD: usize = 1500 - 40 - 8 - HEADER_LEN;
 
 fn packet(seq: u32) -> Vec<u8> {
     let sizes = [0, 1, 63, 512, 1000, MAX_PAYLOAD];
@@ -36,16 +38,26 @@ fn packet(seq: u32) -> Vec<u8> {
 
 /// Sends every test packet from the server namespace; paced gently so the socket path
 /// (the slower one) sees no kernel-side drops either.
-fn send_all(bed: &Testbed) {
+fn send_all(bed: &Testbed, group: IpAddr) {
     let server = bed.server.clone();
     thread::scope(|s| {
         s.spawn(move || {
             enter(&server.ns).unwrap();
-            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
-            socket2::SockRef::from(&sock)
-                .set_multicast_if_v4(&server.addr)
-                .unwrap();
-            let dst = SocketAddr::new(IpAddr::V4(GROUP), PORT);
+            let sock = if group.is_ipv4() {
+                let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
+                socket2::SockRef::from(&sock)
+                    .set_multicast_if_v4(&server.addr)
+                    .unwrap();
+                sock
+            } else {
+                let sock = UdpSocket::bind("[::]:0").unwrap();
+                let idx = light::transport::rx::socket::ifindex(&server.iface).unwrap();
+                socket2::SockRef::from(&sock)
+                    .set_multicast_if_v6(idx)
+                    .unwrap();
+                sock
+            };
+            let dst = SocketAddr::new(group, PORT);
             for seq in 0..PACKETS {
                 sock.send_to(&packet(seq), dst).unwrap();
                 if seq % 32 == 31 {
@@ -58,14 +70,14 @@ fn send_all(bed: &Testbed) {
 
 /// Opens `path` in the first receiver's namespace, collects `PACKETS` packets (or gives up
 /// after a bounded wait), and returns them with the XDP counters if XDP was used.
-fn receive(bed: &Testbed, path: RxPath) -> (Vec<Vec<u8>>, Option<[u64; 5]>, String) {
+fn receive(bed: &Testbed, path: RxPath, group: IpAddr) -> (Vec<Vec<u8>>, Option<[u64; 5]>, String) {
     let host = bed.receivers[0].clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::spawn(move || {
         enter(&host.ns).unwrap();
         let cfg = RxConfig {
             iface: host.iface.clone(),
-            group: IpAddr::V4(GROUP),
+            group,
             port: PORT,
             path,
             max_datagram: 2048,
@@ -90,7 +102,7 @@ fn receive(bed: &Testbed, path: RxPath) -> (Vec<Vec<u8>>, Option<[u64; 5]>, Stri
         .expect("receiver ready");
     // Let the IGMP join settle on the bridge.
     thread::sleep(Duration::from_millis(200));
-    send_all(bed);
+    send_all(bed, group);
     handle.join().unwrap()
 }
 
@@ -128,6 +140,7 @@ fn xdp_and_socket_paths_receive_identical_bytes() {
             mode: AttachMode::Auto,
             insist: true,
         },
+        IpAddr::V4(GROUP),
     );
     eprintln!("XDP path: {desc}");
     assert!(desc.contains("AF_XDP"));
@@ -142,7 +155,7 @@ fn xdp_and_socket_paths_receive_identical_bytes() {
         "XDP program must be detached when the receiver is dropped"
     );
 
-    let (sock, counters, desc) = receive(&bed, RxPath::Socket);
+    let (sock, counters, desc) = receive(&bed, RxPath::Socket, IpAddr::V4(GROUP));
     assert!(counters.is_none() && desc.contains("socket"));
     assert_all_identical(&sock);
 }
@@ -157,9 +170,29 @@ fn skb_mode_attaches_and_receives() {
             mode: AttachMode::Skb,
             insist: true,
         },
+        IpAddr::V4(GROUP),
     );
     assert!(desc.contains("skb mode"), "{desc}");
     assert_all_identical(&got);
+}
+
+#[test]
+fn ipv6_multicast_on_both_paths() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let g: IpAddr = GROUP6.parse().unwrap();
+    let (xdp, counters, _) = receive(
+        &bed,
+        RxPath::Xdp {
+            mode: AttachMode::Auto,
+            insist: true,
+        },
+        g,
+    );
+    assert_all_identical(&xdp[..]);
+    assert!(counters.unwrap()[Counter::Redirected as usize] >= u64::from(PACKETS));
+    let (sock, _, _) = receive(&bed, RxPath::Socket, g);
+    assert_all_identical(&sock);
 }
 
 /// While the program is attached, ping, unicast UDP and multicast to another port reach the

@@ -124,6 +124,11 @@ impl Testbed {
         in_ns(br, &["ip", "link", "set", "br0", "mtu", &mtu, "up"])?;
         for h in self.hosts() {
             ip(&["netns", "add", &h.ns])?;
+            // Link-local IPv6 must be usable at once for the IPv6 multicast tests.
+            in_ns(
+                &h.ns,
+                &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
+            )?;
             ip(&[
                 "link",
                 "add",

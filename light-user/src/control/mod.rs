@@ -1,1 +1,23 @@
-//! TODO(module owner): control.
+//! The TCP control channel between the server and each receiver.
+//!
+//! Layers, bottom up: [`frame`] (sans-IO length-prefixed frames carrying JSON messages or
+//! cache data chunks), [`messages`] (typed messages and the per-end ordering rules),
+//! [`blob`] (sans-IO state of a resumable, BLAKE3-verified cache download) and
+//! [`channel`] (the thin tokio layer with timeouts).
+
+pub mod blob;
+pub mod channel;
+pub mod error;
+pub mod frame;
+pub mod messages;
+
+pub use blob::BlobReceiver;
+pub use channel::{BLOB_CHUNK, Channel, DEFAULT_TIMEOUT, ReceiverChannel, ServerChannel};
+pub use error::ControlError;
+pub use frame::{
+    Frame, FrameDecoder, MAX_DATA_CHUNK, MAX_JSON_LEN, decode_message, encode_data, encode_message,
+};
+pub use messages::{
+    CacheTag, ClientExpect, Endpoint, Message, PROTOCOL_VERSION, Phase, ServerExpect, ToReceiver,
+    ToServer,
+};

@@ -1,0 +1,453 @@
+//! XOR encoding of messages and the per-receiver decoder.
+
+use super::{CodingError, MessageSpec, Plan, Segment};
+use std::collections::HashMap;
+
+/// `dst[..src.len()] ^= src` (requires `src.len() <= dst.len()`; extra `src` is ignored).
+///
+/// Works on 32-byte chunks, which LLVM turns into vector XORs; only the tail is bytewise.
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    let n = src.len().min(dst.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    let mut d = dst.chunks_exact_mut(32);
+    let mut s = src.chunks_exact(32);
+    for (d, s) in (&mut d).zip(&mut s) {
+        for (a, b) in d.iter_mut().zip(s) {
+            *a ^= *b;
+        }
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a ^= *b;
+    }
+}
+
+fn file_bytes<'a>(files: &[&'a [u8]], seg: &Segment) -> Result<&'a [u8], CodingError> {
+    let range = || {
+        let start = usize::try_from(seg.offset).ok()?;
+        Some(start..start.checked_add(usize::try_from(seg.len).ok()?)?)
+    };
+    range()
+        .and_then(|r| files.get(seg.file as usize)?.get(r))
+        .ok_or(CodingError::OutOfLibrary {
+            file: seg.file,
+            offset: seg.offset,
+            len: seg.len,
+        })
+}
+
+/// Writes the XOR of `spec`'s terms (each zero-padded) into `out` (`out.len() == spec.len`).
+pub fn encode_message(
+    spec: &MessageSpec,
+    files: &[&[u8]],
+    out: &mut [u8],
+) -> Result<(), CodingError> {
+    if out.len() as u64 != spec.len {
+        return Err(CodingError::Length {
+            what: "message buffer",
+            got: out.len() as u64,
+            expected: spec.len,
+        });
+    }
+    if spec.terms.is_empty() {
+        out.fill(0);
+    }
+    for (i, term) in spec.terms.iter().enumerate() {
+        if term.len() > spec.len {
+            return Err(CodingError::Length {
+                what: "term",
+                got: term.len(),
+                expected: spec.len,
+            });
+        }
+        let mut at = 0;
+        for seg in &term.parts {
+            let src = file_bytes(files, seg)?;
+            let dst = &mut out[at..at + src.len()];
+            // The first term is copied, saving a pass over a zeroed buffer.
+            if i == 0 {
+                dst.copy_from_slice(src);
+            } else {
+                xor_into(dst, src);
+            }
+            at += src.len();
+        }
+        if i == 0 {
+            out[at..].fill(0);
+        }
+    }
+    Ok(())
+}
+
+/// A piece of the receiver's demanded file recovered from a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Offset in the demanded file.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// How one message becomes file bytes for this receiver.
+#[derive(Clone, Debug)]
+struct Recipe {
+    len: usize,
+    /// `(message offset, cache offset, len)`: cached bytes to XOR out.
+    known: Vec<(usize, usize, usize)>,
+    /// `(message offset, file offset, len)`: what remains is the demanded file.
+    outputs: Vec<(usize, u64, usize)>,
+}
+
+impl Recipe {
+    fn apply(&self, mut msg: Vec<u8>, cache: &[u8]) -> Vec<Recovered> {
+        msg.truncate(self.len);
+        for &(m, c, l) in &self.known {
+            xor_into(&mut msg[m..m + l], &cache[c..c + l]);
+        }
+        if let [(0, offset, len)] = self.outputs[..] {
+            msg.truncate(len);
+            return vec![Recovered { offset, data: msg }];
+        }
+        self.outputs
+            .iter()
+            .map(|&(m, offset, len)| Recovered {
+                offset,
+                data: msg[m..m + len].to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// A message rebuilt from sent ones (YMA).
+struct Pending {
+    recipe: Recipe,
+    sources: Vec<u32>,
+    missing: usize,
+}
+
+/// Per-receiver sans-IO decoder: feed it received messages, get file pieces back.
+pub struct Decoder {
+    receiver: u32,
+    cache_len: u64,
+    message_lens: Vec<u64>,
+    direct: HashMap<u32, Recipe>,
+    pending: Vec<Option<Pending>>,
+    /// Sent message -> pending rebuilds that need it.
+    needed_by: HashMap<u32, Vec<usize>>,
+    buffers: HashMap<u32, Vec<u8>>,
+    wanted: Vec<u32>,
+    received: Vec<bool>,
+    remaining: usize,
+}
+
+/// `(file offset, len, cache offset)` of a receiver's cached segments, per file, sorted.
+type CacheIndex = HashMap<u32, Vec<(u64, u64, u64)>>;
+
+fn cache_index(segments: &[Segment]) -> CacheIndex {
+    let mut idx: CacheIndex = HashMap::new();
+    let mut at = 0;
+    for s in segments {
+        idx.entry(s.file).or_default().push((s.offset, s.len, at));
+        at += s.len;
+    }
+    for v in idx.values_mut() {
+        v.sort_unstable();
+    }
+    idx
+}
+
+/// Cache ranges `(cache offset, len)` holding `seg`, or `None` if not fully cached.
+fn locate(idx: &CacheIndex, seg: &Segment) -> Option<Vec<(u64, u64)>> {
+    let list = idx.get(&seg.file)?;
+    let mut i = list
+        .partition_point(|&(o, _, _)| o <= seg.offset)
+        .checked_sub(1)?;
+    let (mut pos, end) = (seg.offset, seg.offset + seg.len);
+    let mut out = Vec::new();
+    while pos < end {
+        let &(o, l, c) = list.get(i)?;
+        if pos < o || pos >= o + l {
+            return None;
+        }
+        let take = (o + l).min(end) - pos;
+        out.push((c + pos - o, take));
+        pos += take;
+        i += 1;
+    }
+    Some(out)
+}
+
+impl Decoder {
+    /// The decoder of `receiver` under `plan`.
+    pub fn new(plan: &Plan, receiver: u32) -> Result<Self, CodingError> {
+        let demand = plan.demand(receiver).ok_or(CodingError::UnknownReceiver {
+            receiver,
+            receivers: plan.receivers(),
+        })?;
+        let idx = cache_index(plan.cache_segments(receiver));
+        let recipe = |spec: &MessageSpec, message: u32| -> Result<Option<Recipe>, CodingError> {
+            let bad = |reason| CodingError::Inconsistent {
+                receiver,
+                message,
+                reason,
+            };
+            if spec.receivers.binary_search(&receiver).is_err() {
+                return Ok(None);
+            }
+            if spec.terms.iter().any(|t| t.len() > spec.len) {
+                return Err(bad("term longer than its message"));
+            }
+            let mut known = Vec::new();
+            let mut outputs = Vec::new();
+            for term in &spec.terms {
+                let located: Option<Vec<Vec<(u64, u64)>>> =
+                    term.parts.iter().map(|s| locate(&idx, s)).collect();
+                let mut at = 0usize;
+                match located {
+                    Some(ranges) => {
+                        for (c, l) in ranges.into_iter().flatten() {
+                            known.push((at, c as usize, l as usize));
+                            at += l as usize;
+                        }
+                    }
+                    None => {
+                        if !outputs.is_empty() {
+                            return Err(bad("two terms missing from the cache"));
+                        }
+                        for s in &term.parts {
+                            if s.file != demand {
+                                return Err(bad("uncached term of another file"));
+                            }
+                            outputs.push((at, s.offset, s.len as usize));
+                            at += s.len as usize;
+                        }
+                    }
+                }
+            }
+            if outputs.is_empty() {
+                return Err(bad("nothing new for a listed receiver"));
+            }
+            Ok(Some(Recipe {
+                len: spec.len as usize,
+                known,
+                outputs,
+            }))
+        };
+        let mut direct = HashMap::new();
+        for (i, spec) in plan.messages().iter().enumerate() {
+            if let Some(r) = recipe(spec, i as u32)? {
+                direct.insert(i as u32, r);
+            }
+        }
+        let mut pending = Vec::new();
+        let mut needed_by: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, d) in plan.derived().iter().enumerate() {
+            if let Some(r) = recipe(&d.spec, i as u32 | 1 << 31)? {
+                for &s in &d.sources {
+                    if s as usize >= plan.messages().len() {
+                        return Err(CodingError::UnknownMessage(s));
+                    }
+                    needed_by.entry(s).or_default().push(pending.len());
+                }
+                pending.push(Some(Pending {
+                    recipe: r,
+                    sources: d.sources.clone(),
+                    missing: d.sources.len(),
+                }));
+            }
+        }
+        let mut wanted: Vec<u32> = direct.keys().chain(needed_by.keys()).copied().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        Ok(Self {
+            receiver,
+            cache_len: plan.cache_len(receiver),
+            message_lens: plan.messages().iter().map(|m| m.len).collect(),
+            remaining: direct.len() + pending.len(),
+            direct,
+            pending,
+            needed_by,
+            buffers: HashMap::new(),
+            wanted,
+            received: vec![false; plan.messages().len()],
+        })
+    }
+
+    /// The receiver this decoder serves.
+    pub fn receiver(&self) -> u32 {
+        self.receiver
+    }
+
+    /// Sent messages this receiver needs (sorted); others can be dropped unread.
+    pub fn wanted_messages(&self) -> &[u32] {
+        &self.wanted
+    }
+
+    /// True once every piece of the demanded file not in the cache was recovered.
+    pub fn is_complete(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Takes message `idx` and the receiver's cache; returns the file pieces it yields,
+    /// including those of rebuilt messages it completes (unwanted or repeated: nothing).
+    pub fn on_message(
+        &mut self,
+        idx: u32,
+        bytes: &[u8],
+        cache: &[u8],
+    ) -> Result<Vec<Recovered>, CodingError> {
+        let expected = *self
+            .message_lens
+            .get(idx as usize)
+            .ok_or(CodingError::UnknownMessage(idx))?;
+        if bytes.len() as u64 != expected {
+            return Err(CodingError::Length {
+                what: "message",
+                got: bytes.len() as u64,
+                expected,
+            });
+        }
+        if cache.len() as u64 != self.cache_len {
+            return Err(CodingError::Length {
+                what: "cache",
+                got: cache.len() as u64,
+                expected: self.cache_len,
+            });
+        }
+        if std::mem::replace(&mut self.received[idx as usize], true) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if let Some(r) = self.direct.get(&idx) {
+            out.extend(r.apply(bytes.to_vec(), cache));
+            self.remaining -= 1;
+        }
+        let Some(users) = self.needed_by.get(&idx) else {
+            return Ok(out);
+        };
+        self.buffers.insert(idx, bytes.to_vec());
+        for &p in users {
+            let Some(pending) = self.pending[p].as_mut() else {
+                continue;
+            };
+            pending.missing -= 1;
+            if pending.missing > 0 {
+                continue;
+            }
+            let width = pending
+                .sources
+                .iter()
+                .map(|s| self.message_lens[*s as usize] as usize)
+                .max()
+                .unwrap_or(0);
+            let mut acc = vec![0u8; width.max(pending.recipe.len)];
+            for s in &pending.sources {
+                xor_into(&mut acc, &self.buffers[s]);
+            }
+            out.extend(pending.recipe.apply(acc, cache));
+            self.remaining -= 1;
+            // Free buffers no remaining rebuild needs.
+            let sources = std::mem::take(&mut pending.sources);
+            self.pending[p] = None;
+            for s in sources {
+                if self.needed_by[&s]
+                    .iter()
+                    .all(|&q| self.pending[q].is_none())
+                {
+                    self.buffers.remove(&s);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coding::{CacheBudget, PlanInput, SchemeChoice, plan};
+
+    #[test]
+    fn xor_matches_bytewise() {
+        let a: Vec<u8> = (0..300).map(|i| (i * 7) as u8).collect();
+        let b: Vec<u8> = (0..300).map(|i| (i * 13 + 5) as u8).collect();
+        for len in [0, 1, 31, 32, 33, 64, 100, 299] {
+            for off in [0, 1, 3] {
+                let mut d = a.clone();
+                xor_into(&mut d[off..], &b[..len]);
+                for i in 0..300 {
+                    let want = if i >= off && i < off + len {
+                        a[i] ^ b[i - off]
+                    } else {
+                        a[i]
+                    };
+                    assert_eq!(d[i], want, "len {len} off {off} at {i}");
+                }
+            }
+        }
+    }
+
+    fn small_plan() -> (Plan, Vec<Vec<u8>>) {
+        let input = PlanInput {
+            receivers: 3,
+            file_lens: vec![90, 60, 33],
+            budget: CacheBudget::Fraction(1.0 / 3.0),
+            scheme: SchemeChoice::Centralized,
+            demands: vec![0, 0, 2],
+            seed: 0,
+            min_subfile_bytes: 0,
+            packet_bytes: 1,
+        };
+        let files = input
+            .file_lens
+            .iter()
+            .map(|&l| (0..l).map(|i| i as u8 ^ 0x5a).collect())
+            .collect();
+        (plan(&input).unwrap(), files)
+    }
+
+    #[test]
+    fn encode_checks_lengths_and_library() {
+        let (p, files) = small_plan();
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let spec = &p.messages()[0];
+        let mut out = vec![0; spec.len as usize + 1];
+        assert!(matches!(
+            encode_message(spec, &refs, &mut out),
+            Err(CodingError::Length { .. })
+        ));
+        let mut out = vec![0; spec.len as usize];
+        assert!(matches!(
+            encode_message(spec, &[], &mut out),
+            Err(CodingError::OutOfLibrary { .. })
+        ));
+        encode_message(spec, &refs, &mut out).unwrap();
+    }
+
+    #[test]
+    fn decoder_rejects_bad_input_and_ignores_repeats() {
+        let (p, files) = small_plan();
+        assert!(matches!(
+            Decoder::new(&p, 3),
+            Err(CodingError::UnknownReceiver { .. })
+        ));
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let mut d = Decoder::new(&p, 1).unwrap();
+        let cache: Vec<u8> = p
+            .cache_segments(1)
+            .iter()
+            .flat_map(|s| {
+                files[s.file as usize][s.offset as usize..(s.offset + s.len) as usize].to_vec()
+            })
+            .collect();
+        let m = d.wanted_messages()[0];
+        let spec = &p.messages()[m as usize];
+        let mut msg = vec![0; spec.len as usize];
+        encode_message(spec, &refs, &mut msg).unwrap();
+        assert!(d.on_message(99, &msg, &cache).is_err());
+        assert!(d.on_message(m, &msg[1..], &cache).is_err());
+        assert!(d.on_message(m, &msg, &cache[1..]).is_err());
+        let first = d.on_message(m, &msg, &cache).unwrap();
+        assert!(!first.is_empty() || !p.derived().is_empty());
+        assert!(d.on_message(m, &msg, &cache).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,526 @@
+//! Typed control messages and the per-connection ordering rules.
+//!
+//! Every JSON message is an object `{"v": PROTOCOL_VERSION, "type": "<snake_case name>", ...}`.
+//! The `plan`, `manifest` and `fec` fields of [`ToReceiver::Announce`] stay opaque
+//! [`serde_json::Value`]s so this module does not depend on the coding or catalog types.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::ControlError;
+
+/// Version carried as `"v"` in every control message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Identifies a receiver cache: the library it was placed from and the placement.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CacheTag {
+    /// Version string of the library (catalog) the cache was filled from.
+    pub library: String,
+    /// Hash of the placement (which parts of which files this receiver caches).
+    pub placement: String,
+}
+
+/// Messages a receiver sends to the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToServer {
+    /// First message on a connection: who the receiver is and what it wants.
+    Hello {
+        /// Receiver id (`light receive <RECEIVER_ID>`).
+        receiver: u32,
+        /// Requested content id.
+        content: String,
+        /// Optional shared-secret token.
+        token: Option<String>,
+        /// The complete cache the receiver already holds, if any.
+        have_cache: Option<CacheTag>,
+    },
+    /// Answer to `CacheBegin`: send the cache from this byte offset (0 for a fresh start).
+    CacheResume {
+        /// Bytes of the announced blob the receiver already holds and verified in order.
+        offset: u64,
+    },
+    /// Delivery progress.
+    Progress {
+        /// Bytes of the requested content decoded so far.
+        bytes: u64,
+    },
+    /// The receiver finished (successfully or not).
+    Done {
+        /// Whether the content was decoded and verified.
+        ok: bool,
+        /// Human-readable detail (error reason or summary).
+        detail: String,
+        /// Multicast payload bytes received.
+        bytes_received: u64,
+    },
+    /// Keep-alive.
+    Heartbeat,
+}
+
+/// Messages the server sends to a receiver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToReceiver {
+    /// The server will not serve this receiver; the connection closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The receiver is part of a session.
+    Accepted {
+        /// Session id.
+        session: u32,
+    },
+    /// A cache blob follows as data chunks once the receiver answers with `CacheResume`.
+    CacheBegin {
+        /// Blob length in bytes.
+        len: u64,
+        /// BLAKE3 of the whole blob, 64 hex digits.
+        blake3: String,
+        /// What the cache is.
+        tag: CacheTag,
+    },
+    /// All data chunks of the blob were sent.
+    CacheEnd,
+    /// Where and how the coded multicast will be sent.
+    Announce {
+        /// Session id.
+        session: u32,
+        /// Multicast group address (IPv4 or IPv6).
+        group: String,
+        /// UDP port.
+        port: u16,
+        /// The coding plan input (opaque here).
+        plan: serde_json::Value,
+        /// The content manifest (opaque here).
+        manifest: serde_json::Value,
+        /// FEC parameters (opaque here).
+        fec: serde_json::Value,
+    },
+    /// Free-form session summary.
+    Report {
+        /// Summary fields (planned vs measured rate, ...).
+        summary: serde_json::Value,
+    },
+    /// Keep-alive.
+    Heartbeat,
+}
+
+/// A control message type of one direction.
+pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    /// The `"type"` names of this direction.
+    const TYPES: &'static [&'static str];
+    /// This message's `"type"` name.
+    fn type_name(&self) -> &'static str;
+    /// Checks field values serde cannot (address syntax, hash length); `Err` gives the reason.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Message for ToServer {
+    const TYPES: &'static [&'static str] =
+        &["hello", "cache_resume", "progress", "done", "heartbeat"];
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::CacheResume { .. } => "cache_resume",
+            Self::Progress { .. } => "progress",
+            Self::Done { .. } => "done",
+            Self::Heartbeat => "heartbeat",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Hello { content, .. } if content.is_empty() => {
+                Err("content id is empty".to_owned())
+            }
+            Self::Hello {
+                have_cache: Some(tag),
+                ..
+            } => validate_tag(tag),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Message for ToReceiver {
+    const TYPES: &'static [&'static str] = &[
+        "refused",
+        "accepted",
+        "cache_begin",
+        "cache_end",
+        "announce",
+        "report",
+        "heartbeat",
+    ];
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Refused { .. } => "refused",
+            Self::Accepted { .. } => "accepted",
+            Self::CacheBegin { .. } => "cache_begin",
+            Self::CacheEnd => "cache_end",
+            Self::Announce { .. } => "announce",
+            Self::Report { .. } => "report",
+            Self::Heartbeat => "heartbeat",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::CacheBegin { blake3, tag, .. } => {
+                blake3::Hash::from_hex(blake3)
+                    .map_err(|e| format!("blake3 {blake3:?} is not a hex BLAKE3 hash: {e}"))?;
+                validate_tag(tag)
+            }
+            Self::Announce { group, port, .. } => {
+                let ip: std::net::IpAddr = group
+                    .parse()
+                    .map_err(|_| format!("group {group:?} is not an IP address"))?;
+                if *port == 0 {
+                    return Err("port 0".to_owned());
+                }
+                if ip.is_unspecified() {
+                    return Err(format!("group {ip} is unspecified"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn validate_tag(tag: &CacheTag) -> Result<(), String> {
+    if tag.library.is_empty() || tag.placement.is_empty() {
+        return Err("cache tag has an empty library or placement".to_owned());
+    }
+    Ok(())
+}
+
+/// Where a connection stands in the protocol (the same phases on both ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing exchanged yet: only `Hello` may come first.
+    AwaitHello,
+    /// `Hello` seen, the server has not answered.
+    Greeted,
+    /// Accepted; no cache transfer in progress.
+    Ready,
+    /// `CacheBegin` sent, waiting for `CacheResume`.
+    CacheOffered,
+    /// Data chunks flow until `CacheEnd`.
+    CacheSending,
+    /// `Announce` sent: multicast delivery under way.
+    Announced,
+    /// The receiver reported `Done`.
+    Finished,
+    /// Refused: nothing more may be exchanged.
+    Closed,
+}
+
+impl Phase {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::AwaitHello => "before hello",
+            Self::Greeted => "before the server accepted or refused",
+            Self::Ready => "outside a cache transfer and before announce",
+            Self::CacheOffered => "between cache_begin and cache_resume",
+            Self::CacheSending => "during the cache transfer",
+            Self::Announced => "during delivery",
+            Self::Finished => "after done",
+            Self::Closed => "after refused",
+        }
+    }
+
+    fn refuse(self, what: &'static str) -> ControlError {
+        ControlError::OutOfOrder {
+            what,
+            phase: self.describe(),
+        }
+    }
+
+    /// Applies a receiver→server message; both ends use this rule.
+    fn on_to_server(self, msg: &ToServer) -> Result<Self, ControlError> {
+        use Phase::*;
+        let next = match (self, msg) {
+            (AwaitHello, ToServer::Hello { .. }) => Greeted,
+            (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
+            (Announced, ToServer::Progress { .. }) => Announced,
+            (Announced, ToServer::Done { .. }) => Finished,
+            // A receiver may give up at any point after introducing itself.
+            (Greeted | Ready | CacheOffered | CacheSending, ToServer::Done { ok: false, .. }) => {
+                Finished
+            }
+            (AwaitHello | Closed, ToServer::Heartbeat) => return Err(self.refuse("heartbeat")),
+            (p, ToServer::Heartbeat) => p,
+            (p, m) => return Err(p.refuse(m.type_name())),
+        };
+        Ok(next)
+    }
+
+    /// Applies a server→receiver message; both ends use this rule.
+    fn on_to_receiver(self, msg: &ToReceiver) -> Result<Self, ControlError> {
+        use Phase::*;
+        let next = match (self, msg) {
+            (Closed, m) => return Err(Closed.refuse(m.type_name())),
+            (_, ToReceiver::Refused { .. }) => Closed,
+            (Greeted, ToReceiver::Accepted { .. }) => Ready,
+            (Ready, ToReceiver::CacheBegin { .. }) => CacheOffered,
+            (CacheSending, ToReceiver::CacheEnd) => Ready,
+            (Ready, ToReceiver::Announce { .. }) => Announced,
+            (Announced | Finished, ToReceiver::Report { .. }) => self,
+            (AwaitHello, ToReceiver::Heartbeat) => return Err(self.refuse("heartbeat")),
+            (p, ToReceiver::Heartbeat) => p,
+            (p, m) => return Err(p.refuse(m.type_name())),
+        };
+        Ok(next)
+    }
+}
+
+/// One end's ordering rules: what it may send and what it accepts, in which phase.
+pub trait Endpoint: Default + Send {
+    /// Messages this end sends.
+    type Out: Message;
+    /// Messages this end receives.
+    type In: Message;
+    /// Checks and records an outgoing message; `Err` means it must not be sent now.
+    fn sent(&mut self, msg: &Self::Out) -> Result<(), ControlError>;
+    /// Checks and records an incoming message; `Err` gives the reason to refuse it.
+    fn received(&mut self, msg: &Self::In) -> Result<(), ControlError>;
+    /// Whether cache data chunks may flow now.
+    fn data_allowed(&self) -> Result<(), ControlError>;
+    /// The current phase.
+    fn phase(&self) -> Phase;
+}
+
+/// The server's view of one receiver connection.
+#[derive(Clone, Debug)]
+pub struct ServerExpect {
+    phase: Phase,
+}
+
+/// The receiver's view of its connection to the server.
+#[derive(Clone, Debug)]
+pub struct ClientExpect {
+    phase: Phase,
+}
+
+impl Default for ServerExpect {
+    fn default() -> Self {
+        Self {
+            phase: Phase::AwaitHello,
+        }
+    }
+}
+
+impl Default for ClientExpect {
+    fn default() -> Self {
+        Self {
+            phase: Phase::AwaitHello,
+        }
+    }
+}
+
+fn data_in(phase: Phase) -> Result<(), ControlError> {
+    if phase == Phase::CacheSending {
+        Ok(())
+    } else {
+        Err(phase.refuse("data chunk"))
+    }
+}
+
+impl Endpoint for ServerExpect {
+    type Out = ToReceiver;
+    type In = ToServer;
+
+    fn sent(&mut self, msg: &ToReceiver) -> Result<(), ControlError> {
+        self.phase = self.phase.on_to_receiver(msg)?;
+        Ok(())
+    }
+
+    fn received(&mut self, msg: &ToServer) -> Result<(), ControlError> {
+        self.phase = self.phase.on_to_server(msg)?;
+        Ok(())
+    }
+
+    fn data_allowed(&self) -> Result<(), ControlError> {
+        data_in(self.phase)
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
+impl Endpoint for ClientExpect {
+    type Out = ToServer;
+    type In = ToReceiver;
+
+    fn sent(&mut self, msg: &ToServer) -> Result<(), ControlError> {
+        self.phase = self.phase.on_to_server(msg)?;
+        Ok(())
+    }
+
+    fn received(&mut self, msg: &ToReceiver) -> Result<(), ControlError> {
+        self.phase = self.phase.on_to_receiver(msg)?;
+        Ok(())
+    }
+
+    fn data_allowed(&self) -> Result<(), ControlError> {
+        data_in(self.phase)
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag() -> CacheTag {
+        CacheTag {
+            library: "lib-1".into(),
+            placement: "abcd".into(),
+        }
+    }
+
+    fn hello() -> ToServer {
+        ToServer::Hello {
+            receiver: 3,
+            content: "movie".into(),
+            token: None,
+            have_cache: None,
+        }
+    }
+
+    #[test]
+    fn cache_resume_before_hello_is_refused_with_reason() {
+        let mut s = ServerExpect::default();
+        let err = s
+            .received(&ToServer::CacheResume { offset: 0 })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "cache_resume is not allowed before hello");
+        assert_eq!(s.phase(), Phase::AwaitHello);
+    }
+
+    #[test]
+    fn full_flow_is_accepted_on_both_ends() {
+        let mut s = ServerExpect::default();
+        let mut c = ClientExpect::default();
+        let up = |m: ToServer, s: &mut ServerExpect, c: &mut ClientExpect| {
+            c.sent(&m).unwrap();
+            s.received(&m).unwrap();
+        };
+        let down = |m: ToReceiver, s: &mut ServerExpect, c: &mut ClientExpect| {
+            s.sent(&m).unwrap();
+            c.received(&m).unwrap();
+        };
+        up(hello(), &mut s, &mut c);
+        up(ToServer::Heartbeat, &mut s, &mut c);
+        down(ToReceiver::Accepted { session: 1 }, &mut s, &mut c);
+        let begin = ToReceiver::CacheBegin {
+            len: 10,
+            blake3: blake3::hash(b"x").to_hex().to_string(),
+            tag: tag(),
+        };
+        down(begin, &mut s, &mut c);
+        assert!(s.data_allowed().is_err());
+        up(ToServer::CacheResume { offset: 0 }, &mut s, &mut c);
+        assert!(s.data_allowed().is_ok() && c.data_allowed().is_ok());
+        down(ToReceiver::CacheEnd, &mut s, &mut c);
+        assert!(c.data_allowed().is_err());
+        let announce = ToReceiver::Announce {
+            session: 1,
+            group: "239.1.2.3".into(),
+            port: 5000,
+            plan: serde_json::json!({}),
+            manifest: serde_json::json!([]),
+            fec: serde_json::json!(null),
+        };
+        down(announce, &mut s, &mut c);
+        up(ToServer::Progress { bytes: 5 }, &mut s, &mut c);
+        up(
+            ToServer::Done {
+                ok: true,
+                detail: String::new(),
+                bytes_received: 9,
+            },
+            &mut s,
+            &mut c,
+        );
+        down(
+            ToReceiver::Report {
+                summary: serde_json::json!({"rate": 1.5}),
+            },
+            &mut s,
+            &mut c,
+        );
+        assert_eq!(s.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn out_of_order_messages_are_refused() {
+        let mut c = ClientExpect::default();
+        assert!(c.sent(&ToServer::Heartbeat).is_err());
+        c.sent(&hello()).unwrap();
+        // CacheEnd without a transfer, Announce before Accepted.
+        assert!(c.received(&ToReceiver::CacheEnd).is_err());
+        let err = c
+            .received(&ToReceiver::Announce {
+                session: 1,
+                group: "239.0.0.1".into(),
+                port: 1,
+                plan: serde_json::Value::Null,
+                manifest: serde_json::Value::Null,
+                fec: serde_json::Value::Null,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("announce"), "{err}");
+        // A successful Done needs a delivery; a failed one is always possible.
+        let done = |ok| ToServer::Done {
+            ok,
+            detail: String::new(),
+            bytes_received: 0,
+        };
+        assert!(c.sent(&done(true)).is_err());
+        c.sent(&done(false)).unwrap();
+        assert!(c.sent(&hello()).is_err());
+    }
+
+    #[test]
+    fn refused_closes_the_connection() {
+        let mut c = ClientExpect::default();
+        c.sent(&hello()).unwrap();
+        c.received(&ToReceiver::Refused {
+            reason: "full".into(),
+        })
+        .unwrap();
+        assert_eq!(c.phase(), Phase::Closed);
+        assert!(c.received(&ToReceiver::Heartbeat).is_err());
+    }
+
+    #[test]
+    fn validate_rejects_bad_fields() {
+        let bad_hash = ToReceiver::CacheBegin {
+            len: 1,
+            blake3: "zz".into(),
+            tag: tag(),
+        };
+        assert!(bad_hash.validate().is_err());
+        let bad_group = ToReceiver::Announce {
+            session: 1,
+            group: "not-an-ip".into(),
+            port: 9,
+            plan: serde_json::Value::Null,
+            manifest: serde_json::Value::Null,
+            fec: serde_json::Value::Null,
+        };
+        assert!(bad_group.validate().is_err());
+        assert!(hello().validate().is_ok());
+    }
+}

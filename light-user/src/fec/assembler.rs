@@ -1,0 +1,316 @@
+//! Receiver side: collects shards per block, decodes blocks, emits completed messages.
+
+use super::{FecError, FecParams, Layout};
+use light_common::{DataHeader, PacketKind};
+use reed_solomon_simd::ReedSolomonDecoder;
+use std::collections::BTreeMap;
+
+/// What the assembler reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Every block of `message` is decoded; `bytes` is the message (exact length).
+    MessageComplete {
+        /// Message index in the plan.
+        message: u32,
+        /// The message bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Shards still needed by one incomplete block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// Message index.
+    pub message: u32,
+    /// Block index within the message.
+    pub block: u32,
+    /// Further shards (source or parity) the block needs to decode.
+    pub needed: u16,
+}
+
+/// Packet counters of an [`Assembler`], by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets given to [`Assembler::on_packet`].
+    pub packets: u64,
+    /// Source shards stored.
+    pub source: u64,
+    /// Parity shards stored.
+    pub parity: u64,
+    /// Rejected by header parsing (truncated, bad magic/version/kind/length/shard).
+    pub malformed: u64,
+    /// Valid packets of another kind (end marker, probe).
+    pub other_kind: u64,
+    /// Packets of another session.
+    pub foreign_session: u64,
+    /// Messages this receiver does not need.
+    pub unexpected_message: u64,
+    /// Block, shard, shard counts or payload length disagree with the expected layout.
+    pub bad_index: u64,
+    /// A shard already held.
+    pub duplicate: u64,
+    /// Shards of blocks or messages already complete.
+    pub late: u64,
+    /// Blocks completed with all sources received (no decode).
+    pub blocks_direct: u64,
+    /// Blocks completed by Reed–Solomon decoding.
+    pub blocks_decoded: u64,
+    /// Reed–Solomon decode failures (the block's parity is discarded and re-collected).
+    pub decode_errors: u64,
+    /// Messages completed.
+    pub messages_complete: u64,
+}
+
+struct BlockState {
+    k: u16,
+    /// Bit per shard index (source and parity).
+    have: Vec<u64>,
+    count: u16,
+    /// Parity shard indices (relative to k) and their bytes, in arrival order.
+    parity_idx: Vec<u16>,
+    parity: Vec<u8>,
+    done: bool,
+}
+
+struct MessageState {
+    layout: Layout,
+    /// Source symbols in order; `symbols * symbol_size` bytes, truncated when complete.
+    buf: Vec<u8>,
+    blocks: Vec<BlockState>,
+    blocks_left: u32,
+    done: bool,
+}
+
+/// Sans-IO receiver of Source/Parity packets for a set of expected messages.
+pub struct Assembler {
+    params: FecParams,
+    session: u32,
+    messages: BTreeMap<u32, MessageState>,
+    decoder: Option<ReedSolomonDecoder>,
+    stats: Stats,
+}
+
+impl Assembler {
+    /// Expects the messages `(index, length)`; other messages are ignored and counted.
+    pub fn new(
+        params: FecParams,
+        session: u32,
+        messages: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<Self, FecError> {
+        params.validate()?;
+        let mut map = BTreeMap::new();
+        for (index, len) in messages {
+            let layout = params.layout(len)?;
+            if layout.blocks == 0 {
+                return Err(FecError::EmptyMessage(index));
+            }
+            let total =
+                usize::from(params.source_per_block) + usize::from(params.max_parity_per_block);
+            let blocks = (0..layout.blocks)
+                .map(|b| BlockState {
+                    k: layout.block_sources(b),
+                    have: vec![0; total.div_ceil(64)],
+                    count: 0,
+                    parity_idx: Vec::new(),
+                    parity: Vec::new(),
+                    done: false,
+                })
+                .collect();
+            let bytes = usize::try_from(layout.symbols * params.symbol_size as u64)
+                .map_err(|_| FecError::MessageTooLong(len))?;
+            map.insert(
+                index,
+                MessageState {
+                    layout,
+                    buf: vec![0; bytes],
+                    blocks,
+                    blocks_left: layout.blocks,
+                    done: false,
+                },
+            );
+        }
+        Ok(Self {
+            params,
+            session,
+            messages: map,
+            decoder: None,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// True when every expected message is complete.
+    pub fn is_complete(&self) -> bool {
+        self.messages.values().all(|m| m.done)
+    }
+
+    /// Per incomplete block, how many more shards it needs (message, then block order).
+    pub fn missing(&self) -> Vec<Missing> {
+        let mut out = Vec::new();
+        for (&message, m) in &self.messages {
+            if m.done {
+                continue;
+            }
+            for (block, b) in m.blocks.iter().enumerate() {
+                if !b.done {
+                    // Fits u32: block count is u32.
+                    out.push(Missing {
+                        message,
+                        block: block as u32,
+                        needed: b.k - b.count,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes one packet; returns an event when it completes a message.
+    pub fn on_packet(&mut self, packet: &[u8]) -> Option<Event> {
+        self.stats.packets += 1;
+        let Ok((h, payload)) = DataHeader::parse(packet) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let is_source = match h.packet_kind() {
+            Some(PacketKind::Source) => true,
+            Some(PacketKind::Parity) => false,
+            _ => {
+                self.stats.other_kind += 1;
+                return None;
+            }
+        };
+        if h.session != self.session {
+            self.stats.foreign_session += 1;
+            return None;
+        }
+        let params = self.params;
+        let Some(m) = self.messages.get_mut(&h.message) else {
+            self.stats.unexpected_message += 1;
+            return None;
+        };
+        if m.done {
+            self.stats.late += 1;
+            return None;
+        }
+        let Some(b) = m.blocks.get_mut(h.block as usize) else {
+            self.stats.bad_index += 1;
+            return None;
+        };
+        let shard = h.shard;
+        if h.source_shards != b.k
+            || h.parity_shards != params.parity_per_block
+            || payload.len() != params.symbol_size
+            || u32::from(shard) >= u32::from(b.k) + u32::from(params.max_parity_per_block)
+        {
+            self.stats.bad_index += 1;
+            return None;
+        }
+        if b.done {
+            self.stats.late += 1;
+            return None;
+        }
+        let (word, bit) = (usize::from(shard) / 64, 1u64 << (shard % 64));
+        if b.have[word] & bit != 0 {
+            self.stats.duplicate += 1;
+            return None;
+        }
+        b.have[word] |= bit;
+        b.count += 1;
+        let s = params.symbol_size;
+        if is_source {
+            self.stats.source += 1;
+            let sym = m.layout.first_symbol(h.block) + u64::from(shard);
+            // In range: sym < symbols and buf holds symbols * s bytes.
+            let at = sym as usize * s;
+            m.buf[at..at + s].copy_from_slice(payload);
+        } else {
+            self.stats.parity += 1;
+            b.parity_idx.push(shard - b.k);
+            b.parity.extend_from_slice(payload);
+        }
+        if b.count < b.k {
+            return None;
+        }
+        let complete = if b.parity_idx.is_empty() {
+            self.stats.blocks_direct += 1;
+            true
+        } else {
+            let decoder = &mut self.decoder;
+            match decode_block(decoder, params, &m.layout, &mut m.buf, h.block, b) {
+                Ok(()) => {
+                    self.stats.blocks_decoded += 1;
+                    true
+                }
+                Err(_) => {
+                    self.stats.decode_errors += 1;
+                    for &p in &b.parity_idx {
+                        let i = usize::from(b.k + p);
+                        b.have[i / 64] &= !(1u64 << (i % 64));
+                    }
+                    b.count -= u16::try_from(b.parity_idx.len()).unwrap_or(b.count);
+                    b.parity_idx.clear();
+                    b.parity.clear();
+                    false
+                }
+            }
+        };
+        if !complete {
+            return None;
+        }
+        b.done = true;
+        b.parity = Vec::new();
+        b.parity_idx = Vec::new();
+        m.blocks_left -= 1;
+        if m.blocks_left > 0 {
+            return None;
+        }
+        m.done = true;
+        self.stats.messages_complete += 1;
+        let mut bytes = std::mem::take(&mut m.buf);
+        // Fits usize: the buffer of symbols * s >= len bytes was allocated.
+        bytes.truncate(m.layout.len as usize);
+        Some(Event::MessageComplete {
+            message: h.message,
+            bytes,
+        })
+    }
+}
+
+/// Restores the missing sources of `block` from the sources in `buf` and its parity.
+fn decode_block(
+    decoder: &mut Option<ReedSolomonDecoder>,
+    params: FecParams,
+    layout: &Layout,
+    buf: &mut [u8],
+    block: u32,
+    b: &BlockState,
+) -> Result<(), FecError> {
+    let s = params.symbol_size;
+    let (k, max) = (usize::from(b.k), usize::from(params.max_parity_per_block));
+    let dec = match decoder {
+        Some(d) => {
+            d.reset(k, max, s)?;
+            d
+        }
+        None => decoder.insert(ReedSolomonDecoder::new(k, max, s)?),
+    };
+    let base = layout.first_symbol(block) as usize * s;
+    for i in 0..k {
+        if b.have[i / 64] & (1u64 << (i % 64)) != 0 {
+            dec.add_original_shard(i, &buf[base + i * s..base + (i + 1) * s])?;
+        }
+    }
+    for (&p, shard) in b.parity_idx.iter().zip(b.parity.chunks_exact(s)) {
+        dec.add_recovery_shard(usize::from(p), shard)?;
+    }
+    let out = dec.decode()?;
+    for (i, shard) in out.restored_original_iter() {
+        buf[base + i * s..base + (i + 1) * s].copy_from_slice(shard);
+    }
+    Ok(())
+}
