@@ -26,9 +26,18 @@ fuzz_target!(|data: &[u8]| {
         let (packet, next) = tail.split_at(usize::from(len).min(tail.len()));
         rest = next;
         if let Some(Event::MessageComplete { message, bytes }) = asm.on_packet(packet) {
-            let want = expected.get(&message).expect("completed an unexpected message");
-            assert_eq!(bytes.len() as u64, *want, "message {message} has the wrong length");
-            assert!(emitted.insert(message, bytes).is_none(), "message {message} twice");
+            let want = expected
+                .get(&message)
+                .expect("completed an unexpected message");
+            assert_eq!(
+                bytes.len() as u64,
+                *want,
+                "message {message} has the wrong length"
+            );
+            assert!(
+                emitted.insert(message, bytes).is_none(),
+                "message {message} twice"
+            );
         }
     }
 
@@ -42,11 +51,17 @@ fuzz_target!(|data: &[u8]| {
         + s.late
         + s.source
         + s.parity;
-    assert_eq!(s.packets, outcomes, "every packet has exactly one outcome: {s:?}");
+    assert_eq!(
+        s.packets, outcomes,
+        "every packet has exactly one outcome: {s:?}"
+    );
     assert_eq!(s.messages_complete, emitted.len() as u64);
     assert_eq!(asm.is_complete(), emitted.len() == expected.len());
     for m in asm.missing() {
-        assert!(!emitted.contains_key(&m.message), "missing blocks of a complete message");
+        assert!(
+            !emitted.contains_key(&m.message),
+            "missing blocks of a complete message"
+        );
         assert!(expected.contains_key(&m.message));
         assert!((1..=4).contains(&m.needed), "{m:?}");
     }

@@ -9,8 +9,8 @@
 use libfuzzer_sys::fuzz_target;
 use light::control::frame::encode_raw_json;
 use light::control::{
-    ControlError, Frame, FrameDecoder, Message, ToReceiver, ToServer, decode_message,
-    encode_data, encode_message,
+    ControlError, Frame, FrameDecoder, Message, ToReceiver, ToServer, decode_message, encode_data,
+    encode_message,
 };
 
 /// Decodes `body` as an `M`; if that works, the message must survive a round trip.
@@ -70,5 +70,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let consumed = pushed - dec.buffered();
-    assert_eq!(reencoded, stream[..consumed], "frames do not re-encode to their bytes");
+    assert_eq!(
+        reencoded,
+        stream[..consumed],
+        "frames do not re-encode to their bytes"
+    );
 });

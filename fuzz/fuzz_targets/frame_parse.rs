@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let end = off + dg.payload.len();
     assert!(end <= data.len(), "payload ends past the frame");
     // Ethernet (14) + IPv4 (20) + UDP (8) is the smallest possible prefix.
-    assert!(off >= 14 + 20 + 8, "payload offset {off} is inside the headers");
+    assert!(
+        off >= 14 + 20 + 8,
+        "payload offset {off} is inside the headers"
+    );
     assert_eq!(dg.src.is_ipv4(), dg.dst.is_ipv4(), "mixed address families");
     // The UDP length field covers exactly the header and the payload.
     let udp = off - 8;

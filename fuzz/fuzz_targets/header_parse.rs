@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok((h, payload)) = DataHeader::parse(data) else {
         return;
     };
-    assert_eq!(payload, &data[HEADER_LEN..], "payload is everything after the header");
+    assert_eq!(
+        payload,
+        &data[HEADER_LEN..],
+        "payload is everything after the header"
+    );
     assert_eq!(usize::from(h.payload_len), payload.len());
     let kind = h.packet_kind().expect("parse accepted an unknown kind");
     if matches!(kind, PacketKind::Source | PacketKind::Parity) {
@@ -18,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut again = vec![0u8; HEADER_LEN];
-    h.write_to(&mut again).expect("a HEADER_LEN buffer fits the header");
+    h.write_to(&mut again)
+        .expect("a HEADER_LEN buffer fits the header");
     // Every header byte is a field, so re-encoding must reproduce the input exactly.
     assert_eq!(&again[..], &data[..HEADER_LEN]);
     again.extend_from_slice(payload);

@@ -182,7 +182,10 @@ pub fn run(seconds_per_target: u64) -> Result<()> {
             continue;
         }
         println!("fuzz {target:<16} FAILED ({})", out.status);
-        eprintln!("---- last lines of `cargo fuzz run {target}` ----\n{}", tail(&log, 40));
+        eprintln!(
+            "---- last lines of `cargo fuzz run {target}` ----\n{}",
+            tail(&log, 40)
+        );
         failures.push(match o.artifact {
             Some(a) => format!(
                 "{target}: crash input saved as {a} (reproduce: cargo +nightly fuzz run {target} {a})"
@@ -218,7 +221,10 @@ mod tests {
                 artifact: Some("/r/fuzz/artifacts/header_parse/crash-da39a3ee".to_owned()),
             }
         );
-        assert_eq!(parse_log("Done 5 runs in 1 second(s)\n"), Outcome::default());
+        assert_eq!(
+            parse_log("Done 5 runs in 1 second(s)\n"),
+            Outcome::default()
+        );
     }
 
     #[test]
