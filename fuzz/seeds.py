@@ -87,7 +87,9 @@ def data_frame(offset, chunk):
 
 # The assembler target's fixed session: symbol 16 bytes, k = 4, r = 2, 4 parity at most,
 # session 9, messages 0 (100 bytes: 7 symbols in blocks of 4 and 3), 1 (16 bytes) and
-# 7 (64 bytes). Its input is a sequence of packets, each preceded by its length (u8).
+# 7 (64 bytes). The input of `assembler` is packets, each preceded by its length as one
+# byte; that of `assembler_honest` is indices into the target's own list of the 28 honest
+# packets of those messages.
 SYMBOL, K, R = 16, 4, 2
 MESSAGES = {0: 100, 1: 16, 7: 64}
 
@@ -161,6 +163,9 @@ def seeds():
     m0 = message_sources(0)
     parity = packet(PARITY, pattern(16, 9), message=0, block=0, shard=K, k=K, r=R, seq=50)
     yield "assembler", "with-parity", records(m0[:1] + [parity] + m0[2:])
+    yield "assembler_honest", "all", bytes(range(28))
+    # Every fifth packet lost (sources among them), reverse order: parity has to fill in.
+    yield "assembler_honest", "lossy", bytes(i for i in reversed(range(28)) if i % 5)
 
 
 def main():
