@@ -131,10 +131,16 @@ fn parse_log(log: &str) -> Outcome {
     o
 }
 
-/// The last `n` lines of `log`.
-fn tail(log: &str, n: usize) -> String {
+/// What to show of a failed run: from the first panic or sanitizer report on (30 lines),
+/// since cargo-fuzz's own summary and backtrace fill the end of the log; else the end.
+fn excerpt(log: &str) -> String {
+    const MARKS: [&str; 3] = ["panicked at", "==ERROR:", "ERROR: libFuzzer"];
     let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let from = lines
+        .iter()
+        .position(|l| MARKS.iter().any(|m| l.contains(m)))
+        .unwrap_or(lines.len().saturating_sub(30));
+    lines[from..lines.len().min(from + 30)].join("\n")
 }
 
 /// Runs every fuzz target for `seconds_per_target` seconds; fails naming each target that
@@ -182,10 +188,7 @@ pub fn run(seconds_per_target: u64) -> Result<()> {
             continue;
         }
         println!("fuzz {target:<16} FAILED ({})", out.status);
-        eprintln!(
-            "---- last lines of `cargo fuzz run {target}` ----\n{}",
-            tail(&log, 40)
-        );
+        eprintln!("---- `cargo fuzz run {target}` ----\n{}", excerpt(&log));
         failures.push(match o.artifact {
             Some(a) => format!(
                 "{target}: crash input saved as {a} (reproduce: cargo +nightly fuzz run {target} {a})"
@@ -228,8 +231,11 @@ mod tests {
     }
 
     #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail("a\nb\nc", 2), "b\nc");
-        assert_eq!(tail("a", 5), "a");
+    fn excerpt_starts_at_the_panic() {
+        let log = "#1 INITED\n#2 NEW\nthread '<unnamed>' panicked at x.rs:1:2:\nboom\n==9== ERROR: libFuzzer: deadly signal\n";
+        assert!(excerpt(log).starts_with("thread '<unnamed>' panicked at x.rs:1:2:\nboom\n"));
+        let quiet: String = (0..50).map(|i| format!("line {i}\n")).collect();
+        assert!(excerpt(&quiet).starts_with("line 20\n"));
+        assert!(excerpt(&quiet).ends_with("line 49"));
     }
 }
