@@ -68,6 +68,8 @@ impl core::fmt::Display for HeaderError {
     }
 }
 
+impl core::error::Error for HeaderError {}
+
 /// Fixed 48-byte header; all integers little-endian on the wire.
 ///
 /// One coded message is split into FEC blocks; each block holds `source_shards` source

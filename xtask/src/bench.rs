@@ -2,7 +2,6 @@
 //! in one run, with the receiver pinned to one core and the sender to the other.
 
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -10,17 +9,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::Testbed;
+use crate::{demo::light_bin, netns::Testbed};
 
 const GROUP: &str = "239.77.9.1";
 const PORT: &str = "7790";
-
-fn light_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/light")
-}
 
 /// One measured receive run.
 #[derive(Debug)]

@@ -44,9 +44,14 @@ pub struct DemoArgs {
     /// Keep the demo's files (library, outputs) in this directory instead of a temporary one.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Instead of the demo, run the built `light` with these arguments on this host's real
+    /// interfaces, e.g. `cargo xtask run -- serve --library /srv/lib -k 8 --cache 25%`.
+    #[arg(last = true)]
+    pub light_args: Vec<String>,
 }
 
-fn light_bin() -> PathBuf {
+/// The release `light` binary `cargo xtask build` makes.
+pub fn light_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -54,7 +59,7 @@ fn light_bin() -> PathBuf {
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so files differ and do not compress.
-fn fill_file(path: &Path, len: u64, seed: u64) -> Result<()> {
+pub fn fill_file(path: &Path, len: u64, seed: u64) -> Result<()> {
     let mut f = std::io::BufWriter::new(fs::File::create(path)?);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = vec![0u8; 1 << 20];
@@ -85,8 +90,168 @@ impl Drop for Guard {
     }
 }
 
+/// One session on the testbed: what to run.
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+    /// The `light` binary.
+    pub light: PathBuf,
+    /// Library directory (already holding the files).
+    pub library: PathBuf,
+    /// Working directory for outputs and caches.
+    pub work: PathBuf,
+    /// Content each receiver asks for (library-relative path), one per receiver.
+    pub demands: Vec<String>,
+    /// Receivers the server waits for (defaults to `demands.len()` when 0).
+    pub expect: usize,
+    /// `--cache` for the server.
+    pub cache: String,
+    /// `--rate` for the server.
+    pub rate: String,
+    /// Receivers use the socket path.
+    pub no_xdp: bool,
+    /// Test-host MTU.
+    pub mtu: u32,
+    /// Extra `light serve` arguments.
+    pub serve_args: Vec<String>,
+    /// Every receiver claims id 1 (to test duplicate refusal).
+    pub same_id: bool,
+}
+
+/// What a receiver process did.
+#[derive(Debug)]
+pub struct ReceiverRun {
+    /// It exited 0.
+    pub ok: bool,
+    /// Its stdout (the JSON summary) or its stderr when it failed.
+    pub output: String,
+    /// Its output file equals the library's file byte for byte.
+    pub identical: bool,
+}
+
+/// What a session did.
+#[derive(Debug)]
+pub struct SessionRun {
+    /// The server exited 0.
+    pub server_ok: bool,
+    /// The server's stdout (its report).
+    pub report: String,
+    /// Per receiver, in `demands` order.
+    pub receivers: Vec<ReceiverRun>,
+}
+
+fn collect(c: &mut Child, deadline: Instant) -> Result<(bool, String, String)> {
+    loop {
+        if let Some(status) = c.try_wait()? {
+            let mut out = String::new();
+            let mut err = String::new();
+            if let Some(mut o) = c.stdout.take() {
+                std::io::Read::read_to_string(&mut o, &mut out)?;
+            }
+            if let Some(mut e) = c.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err)?;
+            }
+            return Ok((status.success(), out, err));
+        }
+        if Instant::now() > deadline {
+            bail!("session did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a server and one receiver per demand on `bed`, waits for all of them (bounded),
+/// and compares every output with the library's file.
+pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
+    ensure!(
+        spec.demands.len() <= bed.receivers.len(),
+        "more demands than test hosts"
+    );
+    let ctl = format!("{}:7700", bed.server.addr);
+    let expect = if spec.expect == 0 {
+        spec.demands.len()
+    } else {
+        spec.expect
+    };
+    let mut procs = Guard(Vec::new());
+    let server = Command::new("ip")
+        .args(["netns", "exec", &bed.server.ns])
+        .arg(&spec.light)
+        .args(["serve", "--library"])
+        .arg(&spec.library)
+        .args([
+            "--receivers",
+            &expect.to_string(),
+            "--cache",
+            &spec.cache,
+            "--rate",
+            &spec.rate,
+        ])
+        .args(["--iface", &bed.server.iface, "--bind", &ctl, "--wait", "60"])
+        .args(["--mtu", &spec.mtu.to_string()])
+        .args(&spec.serve_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start light serve")?;
+    procs.0.push(server);
+    for (i, (r, want)) in bed.receivers.iter().zip(&spec.demands).enumerate() {
+        let out = spec.work.join(format!("out-{i}"));
+        let cache = spec.work.join(format!("cache-{i}"));
+        let _ = fs::remove_dir_all(&out);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &r.ns])
+            .arg(&spec.light)
+            .args([
+                "receive",
+                &if spec.same_id { 1 } else { i + 1 }.to_string(),
+                "-c",
+                want,
+            ])
+            .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if spec.no_xdp {
+            cmd.arg("--no-xdp");
+        }
+        procs.0.push(cmd.spawn().context("start light receive")?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (server_ok, report, _) = collect(&mut procs.0[0], deadline)?;
+    let mut receivers = Vec::new();
+    for (i, want) in spec.demands.iter().enumerate() {
+        let (ok, out, err) = collect(&mut procs.0[i + 1], deadline)?;
+        let got = spec.work.join(format!("out-{i}")).join(want);
+        let identical = ok && fs::read(&got).ok() == fs::read(spec.library.join(want)).ok();
+        receivers.push(ReceiverRun {
+            ok,
+            output: if ok { out } else { err },
+            identical,
+        });
+    }
+    Ok(SessionRun {
+        server_ok,
+        report,
+        receivers,
+    })
+}
+
 /// Runs the demo and prints the server's report and each receiver's outcome.
 pub fn run(a: &DemoArgs) -> Result<()> {
+    if !a.light_args.is_empty() {
+        let status = Command::new(light_bin())
+            .args(&a.light_args)
+            .status()
+            .context("run light")?;
+        ensure!(
+            status.success(),
+            "light {} failed ({status})",
+            a.light_args.join(" ")
+        );
+        return Ok(());
+    }
     crate::netns::require_root()?;
     ensure!(
         a.files >= 1 && a.receivers >= 1,
@@ -115,86 +280,35 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         }
     }
     let bed = Testbed::new(a.receivers, a.mtu)?;
-    let light = light_bin();
-    let ctl = format!("{}:7700", bed.server.addr);
-    let mut procs = Guard(Vec::new());
-    let server = Command::new("ip")
-        .args(["netns", "exec", &bed.server.ns])
-        .arg(&light)
-        .args(["serve", "--library"])
-        .arg(&lib)
-        .args([
-            "--receivers",
-            &a.receivers.to_string(),
-            "--cache",
-            &a.cache,
-            "--rate",
-            &a.rate,
-        ])
-        .args(["--iface", &bed.server.iface, "--bind", &ctl, "--wait", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start light serve")?;
-    procs.0.push(server);
-    let mut outs = Vec::new();
-    for (i, r) in bed.receivers.iter().enumerate() {
-        let want = if a.same { 0 } else { i % a.files };
-        let out = work.join(format!("out-{i}"));
-        let cache = work.join(format!("cache-{i}"));
-        let _ = fs::remove_dir_all(&out);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &r.ns])
-            .arg(&light)
-            .args([
-                "receive",
-                &(i + 1).to_string(),
-                "-c",
-                &format!("file-{want}.bin"),
-            ])
-            .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
-            .arg(&out)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .stdout(Stdio::piped());
-        if a.no_xdp {
-            cmd.arg("--no-xdp");
-        }
-        // Let the server bind before the first connect; receivers also retry on their own.
-        std::thread::sleep(Duration::from_millis(if i == 0 { 300 } else { 20 }));
-        procs.0.push(cmd.spawn().context("start light receive")?);
-        outs.push((out, want));
-    }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut results = Vec::new();
-    for c in procs.0.iter_mut() {
-        loop {
-            if let Some(status) = c.try_wait()? {
-                let mut s = String::new();
-                if let Some(mut o) = c.stdout.take() {
-                    std::io::Read::read_to_string(&mut o, &mut s)?;
-                }
-                results.push((status, s));
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("demo did not finish within 10 minutes");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let (server_status, report) = &results[0];
-    println!("{}", report.trim_end());
-    let mut failed = !server_status.success();
-    for (i, ((status, summary), (out, want))) in results[1..].iter().zip(&outs).enumerate() {
-        let name = format!("file-{want}.bin");
-        let same =
-            status.success() && fs::read(out.join(&name)).ok() == Some(fs::read(lib.join(&name))?);
-        failed |= !same;
+    let spec = SessionSpec {
+        light: light_bin(),
+        library: lib,
+        work,
+        demands: (0..a.receivers)
+            .map(|i| format!("file-{}.bin", if a.same { 0 } else { i % a.files }))
+            .collect(),
+        expect: 0,
+        cache: a.cache.clone(),
+        rate: a.rate.clone(),
+        no_xdp: a.no_xdp,
+        mtu: a.mtu,
+        serve_args: Vec::new(),
+        same_id: false,
+    };
+    let run = run_session(&bed, &spec)?;
+    println!("{}", run.report.trim_end());
+    let mut failed = !run.server_ok;
+    for (i, r) in run.receivers.iter().enumerate() {
+        failed |= !r.identical;
         println!(
             "receiver {}: {} {}",
             i + 1,
-            if same { "VERIFIED" } else { "FAILED" },
-            summary.trim()
+            if r.identical {
+                "VERIFIED (identical to the library copy)"
+            } else {
+                "FAILED"
+            },
+            r.output.trim()
         );
     }
     if failed {

@@ -196,12 +196,20 @@ impl Testbed {
     /// (an nftables bridge rule, before the receiver's XDP hook).
     pub fn set_loss(&self, receiver: usize, port: u16, per_mille: u32) -> Result<()> {
         let h = &self.receivers[receiver];
-        let rules = format!(
-            "table bridge lossy {{ chain fw {{ type filter hook forward priority 0; policy accept; \
-             oifname \"{}\" udp dport {port} numgen random mod 1000 < {per_mille} counter drop }} }}",
+        let br = &self.bridge_ns;
+        in_ns(br, &["nft", "add table bridge lossy"])?;
+        in_ns(
+            br,
+            &[
+                "nft",
+                "add chain bridge lossy fw { type filter hook forward priority 0; policy accept; }",
+            ],
+        )?;
+        let rule = format!(
+            "add rule bridge lossy fw oifname \"{}\" udp dport {port} numgen random mod 1000 < {per_mille} counter drop",
             h.bridge_port
         );
-        in_ns(&self.bridge_ns, &["nft", &rules])
+        in_ns(br, &["nft", &rule])
     }
 }
 

@@ -1,6 +1,11 @@
 //! The `light` command line: argument parsing and the glue from subcommands to the library.
 
 mod listen;
+mod pack;
+mod probe;
+mod receive;
+mod serve;
+mod units;
 
 use clap::{Parser, Subcommand};
 
@@ -15,9 +20,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Index a library directory: content ids, sizes, BLAKE3 chunk hashes, versions.
+    Pack(pack::Args),
+    /// Serve a library: wait for receivers, place caches, multicast the coded delivery.
+    Serve(serve::Args),
+    /// Ask a server for one content, receive it, verify every chunk and save it.
+    Receive(receive::Args),
     /// Receive Light packets on a multicast group and report what arrived (diagnostics and
     /// the receive-path benchmark).
     Listen(listen::Args),
+    /// Multicast numbered probe packets through the batched send path (benchmarks).
+    Probe(probe::Args),
 }
 
 /// Parses the command line and runs it.
@@ -30,7 +43,11 @@ pub fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Pack(a) => pack::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Receive(a) => receive::run(a),
         Command::Listen(a) => listen::run(a),
+        Command::Probe(a) => probe::run(a),
     }
 }
 

@@ -12,6 +12,9 @@ use super::error::ControlError;
 /// Version carried as `"v"` in every control message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most blocks one `Nack` may list (bounds the server's repair work per message).
+pub const MAX_NACK_BLOCKS: usize = 16_384;
+
 /// Identifies a receiver cache: the library it was placed from and the placement.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CacheTag {
@@ -40,6 +43,13 @@ pub enum ToServer {
     CacheResume {
         /// Bytes of the announced blob the receiver already holds and verified in order.
         offset: u64,
+    },
+    /// The receiver has its cache and plan and is listening on the group: send data.
+    Ready,
+    /// The multicast round ended with these FEC blocks still short of shards.
+    Nack {
+        /// `[message, block, shards needed]` per incomplete block.
+        blocks: Vec<[u32; 3]>,
     },
     /// Delivery progress.
     Progress {
@@ -119,13 +129,22 @@ pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync 
 }
 
 impl Message for ToServer {
-    const TYPES: &'static [&'static str] =
-        &["hello", "cache_resume", "progress", "done", "heartbeat"];
+    const TYPES: &'static [&'static str] = &[
+        "hello",
+        "cache_resume",
+        "ready",
+        "nack",
+        "progress",
+        "done",
+        "heartbeat",
+    ];
 
     fn type_name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
             Self::CacheResume { .. } => "cache_resume",
+            Self::Ready => "ready",
+            Self::Nack { .. } => "nack",
             Self::Progress { .. } => "progress",
             Self::Done { .. } => "done",
             Self::Heartbeat => "heartbeat",
@@ -134,6 +153,10 @@ impl Message for ToServer {
 
     fn validate(&self) -> Result<(), String> {
         match self {
+            Self::Nack { blocks } if blocks.len() > MAX_NACK_BLOCKS => Err(format!(
+                "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
+                blocks.len()
+            )),
             Self::Hello { content, .. } if content.is_empty() => {
                 Err("content id is empty".to_owned())
             }
@@ -248,7 +271,9 @@ impl Phase {
         let next = match (self, msg) {
             (AwaitHello, ToServer::Hello { .. }) => Greeted,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
-            (Announced, ToServer::Progress { .. }) => Announced,
+            (Announced, ToServer::Ready | ToServer::Nack { .. } | ToServer::Progress { .. }) => {
+                Announced
+            }
             (Announced, ToServer::Done { .. }) => Finished,
             // A receiver may give up at any point after introducing itself.
             (Greeted | Ready | CacheOffered | CacheSending, ToServer::Done { ok: false, .. }) => {

@@ -10,6 +10,9 @@ pub mod channel;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod receiver;
+pub mod server;
+pub mod session;
 
 pub use blob::BlobReceiver;
 pub use channel::{BLOB_CHUNK, Channel, DEFAULT_TIMEOUT, ReceiverChannel, ServerChannel};

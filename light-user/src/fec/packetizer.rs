@@ -171,6 +171,40 @@ impl<'a> Packetizer<'a> {
         ))
     }
 
+    /// Every source symbol of one block again: the repair of last resort, when a block
+    /// lost more shards than its parity can ever cover.
+    pub fn block_sources(
+        enc: &'a mut FecEncoder,
+        session: u32,
+        message_index: u32,
+        message: &'a [u8],
+        block: u32,
+        first_seq: u32,
+    ) -> Result<Self, FecError> {
+        let layout = enc.params.layout(message.len() as u64)?;
+        let k = u32::from(layout.block_sources(block));
+        if k == 0 {
+            return Err(FecError::BlockOutOfRange {
+                block,
+                blocks: layout.blocks,
+            });
+        }
+        let runs = vec![Run {
+            block,
+            next: 0,
+            end: k,
+        }];
+        Ok(Self::with_runs(
+            enc,
+            session,
+            message_index,
+            message,
+            layout,
+            runs,
+            first_seq,
+        ))
+    }
+
     /// Repair parity `first_parity_index..+count` of one block.
     #[allow(clippy::too_many_arguments)] // Mirrors the header fields it fills.
     pub fn repair(

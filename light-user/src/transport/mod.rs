@@ -1,4 +1,5 @@
 //! Data-plane I/O: the receive path (AF_XDP or socket) and the batched send path.
 
+pub mod iface;
 pub mod rx;
 pub mod tx;

@@ -40,4 +40,22 @@ pub enum TxError {
     /// The sender thread has stopped (join it for its error).
     #[error("the sender thread has stopped")]
     Stopped,
+    /// Building a coded message failed.
+    #[error("encoding message {message}: {source}")]
+    Encode {
+        /// Message index in the plan.
+        message: u32,
+        /// The coding error.
+        #[source]
+        source: crate::coding::CodingError,
+    },
+    /// Cutting a message into FEC packets failed.
+    #[error("packetizing message {message}: {source}")]
+    Packetize {
+        /// Message index in the plan.
+        message: u32,
+        /// The FEC error.
+        #[source]
+        source: crate::fec::FecError,
+    },
 }

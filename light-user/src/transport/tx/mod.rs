@@ -6,6 +6,7 @@
 //! [`TokenBucket`].
 
 pub mod error;
+pub mod multicast;
 pub mod pacing;
 pub mod pipeline;
 pub mod socket;

@@ -1,0 +1,119 @@
+//! `light receive`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::listen::RxArgs;
+use crate::{
+    control::receiver::{ReceiveConfig, receive},
+    transport::rx::{AttachMode, RxPath},
+};
+
+/// Arguments of `light receive`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This receiver's id (unique in the session).
+    receiver: u32,
+    /// Content to receive: its id or its path relative to the library.
+    #[arg(short = 'c', long)]
+    content: String,
+    /// Server control address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    server: SocketAddr,
+    /// Directory the file is saved in (under its library path).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Directory the cache is kept in.
+    #[arg(long, default_value = ".light-cache")]
+    cache_dir: PathBuf,
+    /// Interface facing the server (default: the one that routes to it).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Use the plain socket path instead of XDP/AF_XDP.
+    #[arg(long)]
+    no_xdp: bool,
+    /// Fail instead of falling back to the socket path when XDP cannot be used.
+    #[arg(long, conflicts_with = "no_xdp")]
+    require_xdp: bool,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    xdp_mode: AttachMode,
+    /// Seconds to keep retrying the connection to the server.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `light receive`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let stop = super::stop_flag()?;
+    let path = RxArgs {
+        iface: a.iface.clone().unwrap_or_default(),
+        no_xdp: a.no_xdp,
+        require_xdp: a.require_xdp,
+        xdp_mode: a.xdp_mode,
+    }
+    .path();
+    let cfg = ReceiveConfig {
+        receiver: a.receiver,
+        content: a.content.clone(),
+        server: a.server,
+        out: a.out,
+        cache_dir: a.cache_dir,
+        iface: a.iface,
+        path,
+        connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+        idle_timeout: Duration::from_secs(30),
+    };
+    // indicatif hides the bar when stderr is not a terminal.
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(a.content.clone());
+    let b = bar.clone();
+    let progress = Box::new(move |done, total| {
+        b.set_length(total);
+        b.set_position(done);
+    });
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let summary = rt.block_on(receive(cfg, stop, progress));
+    bar.finish_and_clear();
+    let summary = summary.with_context(|| format!("receiving {}", a.content))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "verified {} ({} bytes: {} from cache, {} decoded) in {:.2} s, {:.3} Gbit/s over {}",
+            summary.path,
+            summary.bytes,
+            summary.from_cache_bytes,
+            summary.decoded_bytes,
+            summary.seconds,
+            summary.goodput_gbps,
+            summary.rx_path
+        );
+    }
+    Ok(())
+}
+
+impl RxArgs {
+    /// The receive path these flags select.
+    pub fn path(&self) -> RxPath {
+        if self.no_xdp {
+            RxPath::Socket
+        } else {
+            RxPath::Xdp {
+                mode: self.xdp_mode,
+                insist: self.require_xdp,
+            }
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! `light receive`: asks the server for one content, stores its cache, receives the
+//! coded multicast (AF_XDP or socket), decodes, verifies every chunk and saves the file.
+
+use light_common::{DataHeader, PacketKind};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{
+    BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
+    session::{PlanAnnouncement, SessionError, field},
+};
+use crate::{
+    catalog::{Manifest, OutputFile},
+    coding::{Decoder, plan},
+    fec::{Assembler, Event, FecParams},
+    transport::rx::{Receiver, RxConfig, RxPath},
+};
+
+/// Everything `light receive` needs.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    /// This receiver's id.
+    pub receiver: u32,
+    /// Content id or library-relative path.
+    pub content: String,
+    /// Server control address.
+    pub server: SocketAddr,
+    /// Where the file is written (under its library path).
+    pub out: PathBuf,
+    /// Where the cache is kept.
+    pub cache_dir: PathBuf,
+    /// Interface facing the server (default: the one routing to it).
+    pub iface: Option<String>,
+    /// Receive path choice.
+    pub path: RxPath,
+    /// How long to keep retrying the first connection.
+    pub connect_timeout: Duration,
+    /// Give up after this long without a data packet.
+    pub idle_timeout: Duration,
+}
+
+/// One-line outcome of a reception.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiveSummary {
+    /// Receiver id.
+    pub receiver: u32,
+    /// Library path of the content.
+    pub content: String,
+    /// Where the verified file was written.
+    pub path: String,
+    /// File size.
+    pub bytes: u64,
+    /// Every chunk and the root hash verified.
+    pub verified: bool,
+    /// Cache bytes received over unicast.
+    pub cache_bytes: u64,
+    /// File bytes taken straight from the cache.
+    pub from_cache_bytes: u64,
+    /// File bytes decoded from the multicast.
+    pub decoded_bytes: u64,
+    /// Seconds from connect to verified file.
+    pub seconds: f64,
+    /// Seconds from the first data packet to the file complete.
+    pub multicast_seconds: f64,
+    /// File bytes per second of multicast reception, in Gbit/s.
+    pub goodput_gbps: f64,
+    /// Receive path used.
+    pub rx_path: String,
+    /// Light packets received.
+    pub packets: u64,
+    /// Packets dropped as malformed, foreign, duplicate or late.
+    pub dropped: u64,
+    /// FEC blocks that needed Reed–Solomon decoding.
+    pub fec_decoded_blocks: u64,
+}
+
+/// Live progress for a progress bar: `(file bytes done, file size)`.
+pub type ProgressFn = Box<dyn Fn(u64, u64) + Send>;
+
+/// Runs one reception to the end. `stop` aborts it cleanly (Ctrl-C).
+pub async fn receive(
+    cfg: ReceiveConfig,
+    stop: Arc<AtomicBool>,
+    progress: ProgressFn,
+) -> Result<ReceiveSummary, SessionError> {
+    let started = Instant::now();
+    let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
+    chan.send(&ToServer::Hello {
+        receiver: cfg.receiver,
+        content: cfg.content.clone(),
+        token: None,
+        have_cache: None,
+    })
+    .await
+    .map_err(SessionError::control("send hello"))?;
+    // The server answers once every expected receiver is in: wait as long as it does.
+    chan.set_timeout(Duration::from_secs(3600));
+    let session = match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the session"))?
+    {
+        ToReceiver::Accepted { session } => session,
+        ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
+        other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
+    };
+    chan.set_timeout(Duration::from_secs(120));
+
+    // The cache, written to disk as it streams and verified by BLAKE3.
+    std::fs::create_dir_all(&cfg.cache_dir).map_err(|source| SessionError::Io {
+        op: "create",
+        path: cfg.cache_dir.clone(),
+        source,
+    })?;
+    let cache_path = cfg
+        .cache_dir
+        .join(format!("receiver-{}.cache", cfg.receiver));
+    let cache_len = match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the cache"))?
+    {
+        ToReceiver::CacheBegin { len, blake3, .. } => {
+            let mut state =
+                BlobReceiver::new(len, &blake3).map_err(SessionError::control("cache header"))?;
+            let mut file = tokio::fs::File::create(&cache_path)
+                .await
+                .map_err(|source| SessionError::Io {
+                    op: "create",
+                    path: cache_path.clone(),
+                    source,
+                })?;
+            chan.recv_blob(&mut state, &mut file)
+                .await
+                .map_err(SessionError::control("receive the cache"))?;
+            file.sync_all().await.map_err(|source| SessionError::Io {
+                op: "sync",
+                path: cache_path.clone(),
+                source,
+            })?;
+            len
+        }
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected the cache, got {other:?}"
+            )));
+        }
+    };
+    let (group, port, announced, manifest, fec) = match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the announcement"))?
+    {
+        ToReceiver::Announce {
+            group,
+            port,
+            plan,
+            manifest,
+            fec,
+            ..
+        } => {
+            let group: IpAddr = group
+                .parse()
+                .map_err(|_| SessionError::Protocol(format!("bad group {group}")))?;
+            let announced: PlanAnnouncement = field(plan, "plan")?;
+            let manifest: Manifest = field(manifest, "manifest")?;
+            let fec: FecParams = field(fec, "fec")?;
+            (group, port, announced, manifest, fec)
+        }
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected the announcement, got {other:?}"
+            )));
+        }
+    };
+    let iface = cfg
+        .iface
+        .clone()
+        .or_else(|| crate::transport::iface::towards(cfg.server.ip()))
+        .ok_or_else(|| {
+            SessionError::Protocol(
+                "cannot tell which interface faces the server; pass --iface".into(),
+            )
+        })?;
+    let rx = RxConfig {
+        iface,
+        group,
+        port,
+        path: cfg.path,
+        max_datagram: 9216,
+    };
+
+    // The data path runs on its own thread (the AF_XDP socket stays on the thread that made it).
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let (nack_tx, mut nack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let abort = Arc::new(AtomicBool::new(false));
+    let job = DataJob {
+        announced,
+        manifest,
+        fec,
+        session,
+        cache_path: cache_path.clone(),
+        cache_len,
+        out: cfg.out.clone(),
+        rx,
+        idle: cfg.idle_timeout,
+        stop,
+        abort: abort.clone(),
+        nacks: nack_tx,
+        progress,
+    };
+    std::thread::Builder::new()
+        .name("light-rx".into())
+        .spawn(move || {
+            let _ = done_tx.send(job.run(ready_tx));
+        })
+        .map_err(|source| SessionError::Io {
+            op: "spawn receive thread",
+            path: "light-rx".into(),
+            source,
+        })?;
+    if let Ok(Ok(path_desc)) = ready_rx.await {
+        chan.send(&ToServer::Ready)
+            .await
+            .map_err(SessionError::control("send ready"))?;
+        tracing::info!(path = %path_desc, "listening");
+    }
+    // Forward repair requests until the data thread is done (it reports set-up failures
+    // through `done` too); a server that ends the session stops the wait for repair.
+    chan.set_timeout(Duration::from_secs(24 * 3600));
+    let mut control_open = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut done_rx => {
+                break r.map_err(|_| SessionError::Protocol("receive thread died".into()))?;
+            }
+            Some(blocks) = nack_rx.recv() => {
+                chan.send(&ToServer::Nack { blocks })
+                    .await
+                    .map_err(SessionError::control("send nack"))?;
+            }
+            msg = chan.recv(), if control_open => match msg {
+                Ok(ToReceiver::Heartbeat) => {}
+                Ok(other) => {
+                    tracing::info!(?other, "server ended the session");
+                    abort.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    control_open = false;
+                    abort.store(true, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "control channel lost");
+                }
+            },
+        }
+    };
+    let (ok, detail, bytes) = match &result {
+        Ok(s) => (true, format!("verified {}", s.path), s.bytes),
+        Err(e) => (false, e.to_string(), 0),
+    };
+    let _ = chan
+        .send(&ToServer::Done {
+            ok,
+            detail,
+            bytes_received: bytes,
+        })
+        .await;
+    if ok {
+        // The report is a courtesy; do not fail a verified file for it.
+        chan.set_timeout(Duration::from_secs(5));
+        let _ = chan.recv().await;
+    }
+    let mut summary = result?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.cache_bytes = cache_len;
+    summary.receiver = cfg.receiver;
+    Ok(summary)
+}
+
+async fn connect(server: SocketAddr, patience: Duration) -> Result<ReceiverChannel, SessionError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match ReceiverChannel::connect(server).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(SessionError::control(format!("connect to {server}"))(e));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The data thread's inputs.
+struct DataJob {
+    announced: PlanAnnouncement,
+    manifest: Manifest,
+    fec: FecParams,
+    session: u32,
+    cache_path: PathBuf,
+    cache_len: u64,
+    out: PathBuf,
+    rx: RxConfig,
+    idle: Duration,
+    stop: Arc<AtomicBool>,
+    /// Set when the server ends the session: stop waiting for repair.
+    abort: Arc<AtomicBool>,
+    /// Repair requests for the control channel.
+    nacks: tokio::sync::mpsc::UnboundedSender<Vec<[u32; 3]>>,
+    progress: ProgressFn,
+}
+
+/// Silence after an End marker before the receiver reports what it lacks.
+const NACK_QUIET: Duration = Duration::from_millis(300);
+
+impl DataJob {
+    fn run(
+        self,
+        ready: tokio::sync::oneshot::Sender<Result<String, ()>>,
+    ) -> Result<ReceiveSummary, SessionError> {
+        let plan = plan(&self.announced.input)?;
+        let slot = self.announced.slot;
+        let cache = Arc::new(CacheBytes::map(&self.cache_path, self.cache_len)?);
+        if cache.as_ref().as_ref().len() as u64 != plan.cache_len(slot) {
+            return Err(SessionError::Protocol(format!(
+                "cache holds {} bytes, the plan places {}",
+                self.cache_len,
+                plan.cache_len(slot)
+            )));
+        }
+        let size = self.manifest.size();
+        let content = self.manifest.path().to_owned();
+        let (mut out, _resumed) = OutputFile::open_or_resume(&self.out, self.manifest)?;
+        let mut from_cache = 0;
+        for part in plan.cached_parts_of_demand(slot) {
+            let (c, l) = (part.cache_offset as usize, part.len as usize);
+            out.write_at(part.file_offset, &cache.as_ref().as_ref()[c..c + l])?;
+            from_cache += part.len;
+        }
+        let mut decoder = Decoder::new(&plan, slot)?;
+        let lens = plan.messages();
+        let mut assembler = Assembler::new(
+            self.fec,
+            self.session,
+            decoder
+                .wanted_messages()
+                .iter()
+                .map(|&m| (m, lens[m as usize].len)),
+        )?;
+        (self.progress)(from_cache, size);
+
+        // Decoding and writing run on their own thread, so a completed message (up to a
+        // subfile long) never stalls the ring the packets arrive on.
+        let decoded = Arc::new(AtomicU64::new(0));
+        let (msg_tx, msg_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>)>();
+        let writer = {
+            let (cache, decoded) = (cache.clone(), decoded.clone());
+            std::thread::Builder::new()
+                .name("light-write".into())
+                .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
+                    for (m, bytes) in msg_rx {
+                        for r in decoder.on_message(m, &bytes, cache.as_ref().as_ref())? {
+                            out.write_at(r.offset, &r.data)?;
+                            decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok((out, decoder))
+                })
+                .map_err(|source| SessionError::Io {
+                    op: "spawn writer thread",
+                    path: "light-write".into(),
+                    source,
+                })?
+        };
+
+        let (mut rx, fallback) = match Receiver::open(&self.rx) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err(()));
+                return Err(e.into());
+            }
+        };
+        if let Some(why) = fallback {
+            eprintln!("light: XDP unavailable ({why}); using the socket receive path");
+        }
+        let rx_path = rx.describe();
+        let _ = ready.send(Ok(rx_path.clone()));
+
+        let mut first: Option<Instant> = None;
+        let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
+        let mut last_packet = Instant::now();
+        let session = self.session;
+        while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
+            let n = rx.recv_batch(Duration::from_millis(100), &mut |p| {
+                if let Ok((h, _)) = DataHeader::parse(p)
+                    && h.packet_kind() == Some(PacketKind::End)
+                    && h.session == session
+                {
+                    last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
+                }
+                if let Some(Event::MessageComplete { message, bytes }) = assembler.on_packet(p) {
+                    // The writer only stops early on an error, which join() reports below.
+                    let _ = msg_tx.send((message, bytes));
+                }
+            })?;
+            let now = Instant::now();
+            if n > 0 {
+                first.get_or_insert(now);
+                last_packet = now;
+                (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+            }
+            let quiet = now - last_packet;
+            // A pass ended (a newer End marker than the last one answered) and blocks are
+            // still short: ask for repair parity.
+            if last_end != nacked_at && quiet > NACK_QUIET && !assembler.is_complete() {
+                nacked_at = last_end;
+                let blocks: Vec<[u32; 3]> = assembler
+                    .missing()
+                    .into_iter()
+                    .take(crate::control::messages::MAX_NACK_BLOCKS)
+                    .map(|m| [m.message, m.block, u32::from(m.needed)])
+                    .collect();
+                tracing::info!(
+                    end = ?last_end,
+                    blocks = blocks.len(),
+                    shards = blocks.iter().map(|b| u64::from(b[2])).sum::<u64>(),
+                    first = ?blocks.first(),
+                    "asking for repair"
+                );
+                if self.nacks.send(blocks).is_err() {
+                    break;
+                }
+            }
+            if quiet > self.idle || self.abort.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        drop(msg_tx);
+        let (out, decoder) = writer
+            .join()
+            .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
+        (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+        let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let stats = assembler.stats();
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(SessionError::Incomplete("interrupted".into()));
+        }
+        if !decoder.is_complete() {
+            let missing = assembler.missing();
+            return Err(SessionError::Incomplete(format!(
+                "{} FEC blocks short of shards after the multicast ended ({} shards missing; \
+                 packets: {} source, {} parity, {} duplicate, {} late, {} bad index, {} decode \
+                 errors); partial state kept for a resume",
+                missing.len(),
+                missing.iter().map(|m| u64::from(m.needed)).sum::<u64>(),
+                stats.source,
+                stats.parity,
+                stats.duplicate,
+                stats.late,
+                stats.bad_index,
+                stats.decode_errors,
+            )));
+        }
+        let path = out.finish()?;
+        let decoded = decoded.load(Ordering::Relaxed);
+        Ok(ReceiveSummary {
+            receiver: 0,
+            content,
+            path: path.display().to_string(),
+            bytes: size,
+            verified: true,
+            cache_bytes: 0,
+            from_cache_bytes: from_cache,
+            decoded_bytes: decoded,
+            seconds: 0.0,
+            multicast_seconds,
+            goodput_gbps: size as f64 * 8.0 / multicast_seconds.max(1e-9) / 1e9,
+            rx_path,
+            packets: stats.packets,
+            dropped: stats.malformed
+                + stats.foreign_session
+                + stats.unexpected_message
+                + stats.bad_index
+                + stats.duplicate
+                + stats.late,
+            fec_decoded_blocks: stats.blocks_decoded,
+        })
+    }
+}
+
+/// The receiver's cache file, mapped (an empty cache cannot be mapped).
+enum CacheBytes {
+    Empty,
+    Mapped(memmap2::Mmap),
+}
+
+impl CacheBytes {
+    fn map(path: &std::path::Path, len: u64) -> Result<Self, SessionError> {
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        let io = |op| {
+            move |source| SessionError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let f = std::fs::File::open(path).map_err(io("open"))?;
+        // SAFETY: our own cache file, written and synced before, not modified while mapped.
+        Ok(Self::Mapped(
+            unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?,
+        ))
+    }
+}
+
+impl AsRef<[u8]> for CacheBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Mapped(m) => m,
+        }
+    }
+}

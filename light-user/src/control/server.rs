@@ -1,0 +1,757 @@
+//! `light serve`: gathers K receivers over the control channel, places their caches,
+//! announces the plan, multicasts the coded delivery and reports the outcome.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use super::{
+    CacheTag, ServerChannel, ToReceiver, ToServer,
+    session::{PlanAnnouncement, SessionError},
+};
+use crate::{
+    catalog::{Catalog, ContentInfo, SessionOutcome, pack},
+    coding::{CacheBudget, Plan, PlanInput, SchemeChoice, plan},
+    fec::FecParams,
+    transport::tx::{
+        MulticastIf, TxConfig, TxError,
+        multicast::{Multicaster, PassStats, Progress},
+    },
+};
+
+/// Everything `light serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Library directory (packed on start; a no-op when unchanged).
+    pub library: PathBuf,
+    /// Receivers expected.
+    pub receivers: usize,
+    /// Start without stragglers once this many are in and `wait` has passed.
+    pub min_receivers: usize,
+    /// How long to wait for receivers.
+    pub wait: Duration,
+    /// Cache budget per receiver.
+    pub budget: CacheBudget,
+    /// Placement family.
+    pub scheme: SchemeChoice,
+    /// Multicast group.
+    pub group: IpAddr,
+    /// Multicast UDP port.
+    pub port: u16,
+    /// Interface multicast leaves through (default: the one holding the bind address).
+    pub iface: Option<String>,
+    /// Pacing rate in bytes/s (`None`: as fast as the sender goes).
+    pub rate: Option<u64>,
+    /// Control channel address.
+    pub bind: SocketAddr,
+    /// Link MTU, sizes the packets.
+    pub mtu: usize,
+    /// Expected packet loss, sizes the parity.
+    pub expected_loss: f64,
+    /// How long receivers get after the pass to report.
+    pub done_timeout: Duration,
+}
+
+/// One receiver's line in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiverOutcome {
+    /// Receiver id.
+    pub receiver: u32,
+    /// Requested content.
+    pub content: String,
+    /// `verified`, `failed: …`, `refused: …`, `lost: …`.
+    pub outcome: String,
+    /// Cache bytes sent to it.
+    pub placed_bytes: u64,
+    /// Its decode/verify time after the pass, seconds (when it reported).
+    pub seconds: Option<f64>,
+}
+
+/// The session report.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionReport {
+    /// Session id.
+    pub session: u32,
+    /// Scheme the planner chose.
+    pub scheme: String,
+    /// Caching parameter t = KM/N.
+    pub t: f64,
+    /// Subfiles per file.
+    pub subpacketization: u64,
+    /// Theoretical delivery rate, in files.
+    pub theoretical_rate: f64,
+    /// Measured rate: coded payload bytes / mean file size.
+    pub measured_rate: f64,
+    /// Plan payload bytes (before FEC and headers); the first pass carries exactly these.
+    pub plan_payload_bytes: u64,
+    /// UDP payload bytes multicast (FEC parity, padding and headers included).
+    pub multicast_bytes: u64,
+    /// Packets multicast.
+    pub multicast_packets: u64,
+    /// Repair rounds run after the first pass.
+    pub repair_rounds: u32,
+    /// UDP payload bytes of repair parity (and its End markers).
+    pub repair_bytes: u64,
+    /// Packets of repair.
+    pub repair_packets: u64,
+    /// Bytes that unicasting every receiver its uncached part would take.
+    pub uncoded_bytes: u64,
+    /// Cache bytes placed over unicast.
+    pub placed_bytes: u64,
+    /// Seconds from first byte placed to the last receiver's report.
+    pub seconds: f64,
+    /// Seconds the multicast pass took.
+    pub multicast_seconds: f64,
+    /// Multicast goodput: requested-file bytes delivered per second of pass, per receiver.
+    pub multicast_gbps: f64,
+    /// UDP GSO status of the send socket.
+    pub gso: String,
+    /// FEC parameters used.
+    pub fec: FecParams,
+    /// Per receiver.
+    pub receivers: Vec<ReceiverOutcome>,
+}
+
+impl SessionReport {
+    /// True when every admitted receiver verified its file (refused requests were never
+    /// part of the session).
+    pub fn all_verified(&self) -> bool {
+        self.receivers
+            .iter()
+            .filter(|r| !r.outcome.starts_with("refused"))
+            .all(|r| r.outcome == "verified")
+    }
+
+    /// Human-readable multi-line report.
+    pub fn text(&self) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let mut s = format!(
+            "session {}: {}\n  t = {:.3}, subpacketization {}, theoretical rate {:.4} files, measured {:.4}\n  \
+             placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
+             coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
+             multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
+             repair: {} rounds, {} packets, {:.3} MiB\n",
+            self.session,
+            self.scheme,
+            self.t,
+            self.subpacketization,
+            self.theoretical_rate,
+            self.measured_rate,
+            gib(self.placed_bytes),
+            gib(self.multicast_bytes),
+            self.multicast_packets,
+            gib(self.plan_payload_bytes),
+            (self.multicast_bytes as f64 / self.plan_payload_bytes.max(1) as f64 - 1.0) * 100.0,
+            gib(self.plan_payload_bytes),
+            gib(self.uncoded_bytes),
+            self.uncoded_bytes as f64 / self.plan_payload_bytes.max(1) as f64,
+            self.multicast_seconds,
+            self.multicast_gbps,
+            self.seconds,
+            self.gso,
+            self.repair_rounds,
+            self.repair_packets,
+            self.repair_bytes as f64 / (1u64 << 20) as f64,
+        );
+        for r in &self.receivers {
+            s.push_str(&format!(
+                "  receiver {:>4} {:<24} {} (cache {:.3} GiB{})\n",
+                r.receiver,
+                r.content,
+                r.outcome,
+                gib(r.placed_bytes),
+                r.seconds
+                    .map(|t| format!(", done {t:.2} s after the pass"))
+                    .unwrap_or_default()
+            ));
+        }
+        s
+    }
+}
+
+/// A receiver admitted to the session.
+struct Admitted {
+    id: u32,
+    content: ContentInfo,
+    chan: ServerChannel,
+}
+
+/// Payload bytes per packet for an MTU: IPv6 + UDP + Light headers subtracted, rounded
+/// down to a multiple of 64 (reed-solomon-simd's fast path).
+pub fn symbol_size(mtu: usize, group: IpAddr) -> usize {
+    let ip = if group.is_ipv4() { 20 } else { 40 };
+    (mtu.saturating_sub(ip + 8 + light_common::HEADER_LEN) / 64 * 64).max(64)
+}
+
+/// Runs one session to the end and returns its report.
+pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
+    let library = cfg.library.clone();
+    let (catalog, contents) = tokio::task::spawn_blocking(move || {
+        pack(&library)?;
+        let catalog = Catalog::open(&library)?;
+        let mut contents: Vec<ContentInfo> = catalog
+            .contents()?
+            .into_iter()
+            .filter(|c| !c.removed)
+            .collect();
+        contents.sort_by_key(|c| c.id);
+        Ok::<_, SessionError>((catalog, contents))
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("library task: {e}")))??;
+    if contents.is_empty() {
+        return Err(SessionError::Protocol(format!(
+            "the library {} holds no files",
+            cfg.library.display()
+        )));
+    }
+    let catalog = Arc::new(Mutex::new(catalog));
+    let session: u32 = rand::random::<u32>() | 1;
+    let listener = TcpListener::bind(cfg.bind)
+        .await
+        .map_err(|source| SessionError::Io {
+            op: "bind control port",
+            path: cfg.bind.to_string().into(),
+            source,
+        })?;
+    eprintln!(
+        "light: serving {} files from {} on {}; waiting for {} receivers",
+        contents.len(),
+        cfg.library.display(),
+        cfg.bind,
+        cfg.receivers
+    );
+
+    let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session).await?;
+    // Late arrivals are told why they cannot join rather than left hanging.
+    let late_catalog = catalog.clone();
+    let late = tokio::spawn(async move {
+        while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
+            let catalog = late_catalog.clone();
+            tokio::spawn(async move {
+                let reason = match chan.recv().await {
+                    Ok(ToServer::Hello { content, .. }) => match catalog.lock() {
+                        Ok(c) => match c.resolve(&content) {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the session has already started".to_owned(),
+                        },
+                        Err(_) => "the session has already started".to_owned(),
+                    },
+                    _ => return,
+                };
+                let _ = chan.send(&ToReceiver::Refused { reason }).await;
+            });
+        }
+    });
+
+    let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
+    let index_of: BTreeMap<u32, u32> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, i as u32))
+        .collect();
+    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
+    let input = PlanInput {
+        receivers: admitted.len() as u32,
+        file_lens: file_lens.clone(),
+        budget: cfg.budget,
+        scheme: cfg.scheme,
+        demands: admitted.iter().map(|a| index_of[&a.content.id]).collect(),
+        seed: rand::random(),
+        // A subfile shorter than one FEC block wastes parity and packets.
+        min_subfile_bytes: (fec.symbol_size * usize::from(fec.source_per_block)) as u64,
+        packet_bytes: (fec.symbol_size * 64) as u64,
+    };
+    let plan_input = input.clone();
+    let plan = Arc::new(
+        tokio::task::spawn_blocking(move || plan(&plan_input))
+            .await
+            .map_err(|e| SessionError::Protocol(format!("planner task: {e}")))??,
+    );
+    eprintln!(
+        "light: plan: {}; t = {:.3}; rate {:.4} files; {} messages, {} payload bytes",
+        plan.scheme(),
+        plan.t(),
+        plan.theoretical_rate(),
+        plan.messages().len(),
+        plan.payload_bytes()
+    );
+    let session_row = catalog
+        .lock()
+        .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))?
+        .record_session_start(&input)?;
+
+    let files = Arc::new(map_files(&cfg.library, &contents)?);
+    let library_tag = blake3::hash(&contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>())
+        .to_hex()
+        .to_string();
+    let start = Instant::now();
+
+    // Place caches and announce, all receivers in parallel; each comes back when Ready.
+    let mut tasks = Vec::new();
+    for (slot, a) in admitted.into_iter().enumerate() {
+        let (plan, files, input, catalog) =
+            (plan.clone(), files.clone(), input.clone(), catalog.clone());
+        let tag = CacheTag {
+            library: library_tag.clone(),
+            placement: blake3::hash(
+                format!(
+                    "{}/{slot}",
+                    serde_json::to_string(&input).unwrap_or_default()
+                )
+                .as_bytes(),
+            )
+            .to_hex()
+            .to_string(),
+        };
+        let (group, port) = (cfg.group, cfg.port);
+        tasks.push(tokio::spawn(async move {
+            let r = place_and_announce(
+                a,
+                slot as u32,
+                &plan,
+                &files,
+                input,
+                tag,
+                catalog,
+                session,
+                fec,
+                group,
+                port,
+            )
+            .await;
+            (slot, r)
+        }));
+    }
+    let mut ready = Vec::new();
+    let mut placed_total = 0;
+    for t in tasks {
+        let (slot, r) = t
+            .await
+            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+        match r {
+            Ok((a, placed)) => {
+                placed_total += placed;
+                outcomes.push(ReceiverOutcome {
+                    receiver: a.id,
+                    content: a.content.path.clone(),
+                    outcome: "lost: no report".into(),
+                    placed_bytes: placed,
+                    seconds: None,
+                });
+                ready.push((outcomes.len() - 1, a));
+            }
+            Err((id, content, e)) => outcomes.push(ReceiverOutcome {
+                receiver: id,
+                content,
+                outcome: format!("failed before the multicast (slot {slot}): {e}"),
+                placed_bytes: 0,
+                seconds: None,
+            }),
+        }
+    }
+
+    // The passes run on a thread of their own (encoder there, sender on its own thread).
+    let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
+    tx.rate = cfg.rate;
+    if let Some(name) = cfg
+        .iface
+        .clone()
+        .or_else(|| crate::transport::iface::owning(cfg.bind.ip()))
+    {
+        tx.socket.interface = Some(MulticastIf::Index(crate::transport::rx::socket::ifindex(
+            &name,
+        )?));
+    }
+    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx);
+    let pass_started = Instant::now();
+    let pass = passes.run(PassCmd::First).await?.0;
+    let pass_secs = pass_started.elapsed().as_secs_f64();
+
+    // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
+    // blocks get more parity, once for all who miss them.
+    let (mut repair_rounds, mut repair_bytes, mut repair_packets) = (0u32, 0u64, 0u64);
+    let mut active = ready;
+    let mut finished = Vec::new();
+    // Rounds go on while they help: a round that leaves more shards missing than the best
+    // so far counts against a small budget of stalls.
+    let (mut best, mut stalls) = (u64::MAX, 0);
+    for round in 0..=MAX_REPAIR_ROUNDS {
+        let mut waits = Vec::new();
+        for (i, mut a) in active.drain(..) {
+            let timeout = cfg.done_timeout;
+            waits.push(tokio::spawn(async move {
+                a.chan.set_timeout(timeout);
+                let verdict = loop {
+                    match a.chan.recv().await {
+                        Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
+                        Ok(ToServer::Done {
+                            ok: false, detail, ..
+                        }) => break Verdict::Failed(detail),
+                        Ok(ToServer::Nack { blocks }) => break Verdict::Nack(blocks),
+                        Ok(_) => continue,
+                        Err(e) => break Verdict::Lost(e.to_string()),
+                    }
+                };
+                (i, a, verdict, pass_started.elapsed().as_secs_f64())
+            }));
+        }
+        let mut requests: BTreeMap<(u32, u32), u16> = BTreeMap::new();
+        for w in waits {
+            let (i, a, verdict, t) = w
+                .await
+                .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+            outcomes[i].seconds = Some(t - pass_secs);
+            match verdict {
+                Verdict::Verified => outcomes[i].outcome = "verified".into(),
+                Verdict::Failed(d) => outcomes[i].outcome = format!("failed: {d}"),
+                Verdict::Lost(e) => outcomes[i].outcome = format!("lost: {e}"),
+                Verdict::Nack(blocks) => {
+                    for [m, b, n] in blocks {
+                        let e = requests.entry((m, b)).or_insert(0);
+                        *e = (*e).max(n.min(u32::from(u16::MAX)) as u16);
+                    }
+                    outcomes[i].outcome = format!("incomplete after {round} repair rounds");
+                    active.push((i, a));
+                    continue;
+                }
+            }
+            finished.push(a);
+        }
+        let asked: u64 = requests.values().map(|&n| u64::from(n)).sum();
+        if asked < best {
+            best = asked;
+        } else {
+            stalls += 1;
+        }
+        if active.is_empty() || round == MAX_REPAIR_ROUNDS || stalls > MAX_REPAIR_STALLS {
+            break;
+        }
+        let blocks = requests.len();
+        let (stats, exhausted) = passes.run(PassCmd::Repair(requests)).await?;
+        tracing::info!(
+            round = round + 1,
+            receivers = active.len(),
+            blocks,
+            asked,
+            sent = stats.packets,
+            exhausted,
+            "repair round"
+        );
+        if exhausted > 0 {
+            tracing::info!(
+                exhausted,
+                "blocks ran out of repair parity; their sources were resent"
+            );
+        }
+        repair_rounds += 1;
+        repair_bytes += stats.udp_bytes;
+        repair_packets += stats.packets;
+    }
+    finished.extend(active.into_iter().map(|(_, a)| a));
+    late.abort();
+
+    let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
+    let delivered: u64 = outcomes.iter().filter(|o| o.outcome == "verified").count() as u64;
+    let demanded_mean = if delivered > 0 {
+        finished.iter().map(|a| a.content.size).sum::<u64>() as f64 / finished.len().max(1) as f64
+    } else {
+        0.0
+    };
+    let report = SessionReport {
+        session,
+        scheme: plan.scheme().to_string(),
+        t: plan.t(),
+        subpacketization: plan.subpacketization(),
+        theoretical_rate: plan.theoretical_rate(),
+        measured_rate: pass.payload_bytes as f64 / mean_file.max(1.0),
+        plan_payload_bytes: plan.payload_bytes(),
+        multicast_bytes: pass.udp_bytes,
+        multicast_packets: pass.packets,
+        repair_rounds,
+        repair_bytes,
+        repair_packets,
+        uncoded_bytes: uncoded_bytes(&plan),
+        placed_bytes: placed_total,
+        seconds: start.elapsed().as_secs_f64(),
+        multicast_seconds: pass_secs,
+        multicast_gbps: demanded_mean * 8.0 / pass_secs.max(1e-9) / 1e9,
+        gso: format!("{:?}", pass.send.gso),
+        fec,
+        receivers: outcomes,
+    };
+    for mut a in finished {
+        let summary = serde_json::to_value(&report).unwrap_or_default();
+        let _ = a.chan.send(&ToReceiver::Report { summary }).await;
+    }
+    let outcome = if report.all_verified() {
+        SessionOutcome::Completed
+    } else {
+        SessionOutcome::Partial
+    };
+    if let Ok(c) = catalog.lock() {
+        c.record_session_end(
+            session_row,
+            outcome,
+            report.multicast_bytes,
+            report.placed_bytes,
+        )?;
+    }
+    Ok(report)
+}
+
+/// Bytes that sending every receiver the uncached part of its file would take.
+fn uncoded_bytes(plan: &Plan) -> u64 {
+    (0..plan.receivers())
+        .map(|r| {
+            let file = plan.demand(r).unwrap_or(0) as usize;
+            let cached: u64 = plan.cached_parts_of_demand(r).iter().map(|p| p.len).sum();
+            plan.file_lens()[file] - cached
+        })
+        .sum()
+}
+
+/// Accepts receivers until K are in, or the deadline passes with at least the minimum.
+async fn gather(
+    cfg: &ServeConfig,
+    listener: &TcpListener,
+    catalog: &Arc<Mutex<Catalog>>,
+    session: u32,
+) -> Result<(Vec<Admitted>, Vec<ReceiverOutcome>), SessionError> {
+    let deadline = tokio::time::Instant::now() + cfg.wait;
+    let mut admitted: BTreeMap<u32, Admitted> = BTreeMap::new();
+    let mut refused = Vec::new();
+    type Hello = (u32, String, ServerChannel, Result<ContentInfo, String>);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Hello>(64);
+    while admitted.len() < cfg.receivers {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            acc = ServerChannel::accept(listener) => {
+                let (mut chan, peer) = acc.map_err(SessionError::control("accept"))?;
+                let (tx, catalog) = (tx.clone(), catalog.clone());
+                tokio::spawn(async move {
+                    chan.set_timeout(Duration::from_secs(10));
+                    let Ok(ToServer::Hello { receiver, content, .. }) = chan.recv().await else {
+                        tracing::info!(%peer, "connection closed before a valid hello");
+                        return;
+                    };
+                    let resolved = catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
+                        .and_then(|c| c.resolve(&content).map_err(|e| e.to_string()));
+                    let _ = tx.send((receiver, content, chan, resolved)).await;
+                });
+            }
+            Some((id, content, mut chan, r)) = rx.recv() => match r {
+                Ok(info) => {
+                    if admitted.contains_key(&id) {
+                        let reason = format!("receiver id {id} is already in this session");
+                        let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
+                        refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
+                        continue;
+                    }
+                    chan.send(&ToReceiver::Accepted { session }).await.map_err(SessionError::control("accept a receiver"))?;
+                    eprintln!("light: receiver {id} wants {} ({} of {})", info.path, admitted.len() + 1, cfg.receivers);
+                    admitted.insert(id, Admitted { id, content: info, chan });
+                }
+                Err(reason) => {
+                    let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
+                    eprintln!("light: refused receiver {id} ({content}): {reason}");
+                    refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
+                }
+            },
+        }
+    }
+    if admitted.len() < cfg.min_receivers.max(1) {
+        return Err(SessionError::TooFewReceivers {
+            got: admitted.len(),
+            need: cfg.min_receivers.max(1),
+        });
+    }
+    Ok((admitted.into_values().collect(), refused))
+}
+
+/// The library's files, mapped read-only, in plan file order.
+fn map_files(
+    library: &std::path::Path,
+    contents: &[ContentInfo],
+) -> Result<Vec<FileMap>, SessionError> {
+    contents
+        .iter()
+        .map(|c| {
+            let path = library.join(&c.path);
+            let io = |op| {
+                let path = path.clone();
+                move |source| SessionError::Io { op, path, source }
+            };
+            let f = std::fs::File::open(library.join(&c.path)).map_err(io("open"))?;
+            let len = f.metadata().map_err(io("stat"))?.len();
+            if len != c.size {
+                return Err(SessionError::Protocol(format!(
+                    "{} changed size since it was packed ({} → {len} bytes)",
+                    c.path, c.size
+                )));
+            }
+            if len == 0 {
+                return Ok(FileMap::Empty);
+            }
+            // SAFETY: read-only shared mapping; the library must not be truncated while a
+            // session serves it (documented for operators; the catalog re-packs on start).
+            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?;
+            Ok(FileMap::Mapped(map))
+        })
+        .collect()
+}
+
+/// A library file's bytes.
+enum FileMap {
+    /// Zero-length files cannot be mapped.
+    Empty,
+    /// A read-only mapping.
+    Mapped(memmap2::Mmap),
+}
+
+impl AsRef<[u8]> for FileMap {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            FileMap::Empty => &[],
+            FileMap::Mapped(m) => m,
+        }
+    }
+}
+
+/// Sends a receiver its cache and the announcement, and waits until it is listening.
+#[allow(clippy::too_many_arguments)] // One receiver's whole set-up; splitting it obscures the flow.
+async fn place_and_announce(
+    mut a: Admitted,
+    slot: u32,
+    plan: &Plan,
+    files: &Arc<Vec<FileMap>>,
+    input: PlanInput,
+    tag: CacheTag,
+    catalog: Arc<Mutex<Catalog>>,
+    session: u32,
+    fec: FecParams,
+    group: IpAddr,
+    port: u16,
+) -> Result<(Admitted, u64), (u32, String, SessionError)> {
+    let (id, content) = (a.id, a.content.path.clone());
+    let fail = |e: SessionError| (id, content.clone(), e);
+    let blob: Vec<u8> = {
+        let mut b = Vec::with_capacity(plan.cache_len(slot) as usize);
+        for s in plan.cache_segments(slot) {
+            let f = files[s.file as usize].as_ref();
+            b.extend_from_slice(&f[s.offset as usize..(s.offset + s.len) as usize]);
+        }
+        b
+    };
+    let hash = blake3::hash(&blob);
+    a.chan.set_timeout(Duration::from_secs(60));
+    a.chan
+        .send_cache(&blob, &hash, tag.clone())
+        .await
+        .map_err(|e| fail(SessionError::control("send the cache")(e)))?;
+    let placed = blob.len() as u64;
+    drop(blob);
+    let manifest = catalog
+        .lock()
+        .map_err(|_| fail(SessionError::Protocol("catalog lock poisoned".into())))?
+        .manifest(a.content.id)
+        .map_err(|e| fail(e.into()))?;
+    if let Ok(c) = catalog.lock() {
+        let _ = c.upsert_receiver(&id.to_string(), Some(&tag.placement));
+    }
+    let announce = ToReceiver::Announce {
+        session,
+        group: group.to_string(),
+        port,
+        plan: serde_json::to_value(PlanAnnouncement { input, slot }).unwrap_or_default(),
+        manifest: serde_json::to_value(&manifest).unwrap_or_default(),
+        fec: serde_json::to_value(fec).unwrap_or_default(),
+    };
+    a.chan
+        .send(&announce)
+        .await
+        .map_err(|e| fail(SessionError::control("announce")(e)))?;
+    loop {
+        match a
+            .chan
+            .recv()
+            .await
+            .map_err(|e| fail(SessionError::control("wait for ready")(e)))?
+        {
+            ToServer::Ready => return Ok((a, placed)),
+            ToServer::Done {
+                ok: false, detail, ..
+            } => return Err(fail(SessionError::Incomplete(detail))),
+            _ => continue,
+        }
+    }
+}
+
+/// Repair rounds after the first pass before giving up on a receiver.
+const MAX_REPAIR_ROUNDS: u32 = 64;
+/// Rounds that fail to reduce the missing shards before giving up.
+const MAX_REPAIR_STALLS: u32 = 4;
+
+/// What a receiver said at the end of a round.
+enum Verdict {
+    Verified,
+    Failed(String),
+    Lost(String),
+    Nack(Vec<[u32; 3]>),
+}
+
+/// A pass to run.
+enum PassCmd {
+    First,
+    Repair(BTreeMap<(u32, u32), u16>),
+}
+
+type PassReply = tokio::sync::oneshot::Sender<Result<(PassStats, usize), TxError>>;
+
+/// The thread that owns the [`Multicaster`] (it borrows the plan and the mapped files).
+struct PassThread {
+    cmds: std::sync::mpsc::Sender<(PassCmd, PassReply)>,
+}
+
+impl PassThread {
+    fn spawn(
+        plan: Arc<Plan>,
+        files: Arc<Vec<FileMap>>,
+        fec: FecParams,
+        session: u32,
+        tx: TxConfig,
+    ) -> Self {
+        let (cmds, rx) = std::sync::mpsc::channel::<(PassCmd, PassReply)>();
+        std::thread::spawn(move || {
+            let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
+            let mut m = Multicaster::new(&plan, &slices, fec, session, tx);
+            let progress: Progress = Default::default();
+            for (cmd, reply) in rx {
+                let r = match (&mut m, cmd) {
+                    (Err(e), _) => Err(TxError::Config(e.to_string())),
+                    (Ok(m), PassCmd::First) => m.first_pass(&progress).map(|s| (s, 0)),
+                    (Ok(m), PassCmd::Repair(req)) => m.repair(&req, &progress),
+                };
+                let _ = reply.send(r);
+            }
+        });
+        Self { cmds }
+    }
+
+    async fn run(&self, cmd: PassCmd) -> Result<(PassStats, usize), SessionError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds
+            .send((cmd, tx))
+            .map_err(|_| SessionError::Protocol("multicast thread stopped".into()))?;
+        Ok(rx
+            .await
+            .map_err(|_| SessionError::Protocol("multicast thread stopped".into()))??)
+    }
+}

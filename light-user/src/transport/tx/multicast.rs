@@ -1,0 +1,266 @@
+//! The multicast passes of a session: the first pass sends every coded message of the plan
+//! (XOR-encoded from the library, cut into Reed–Solomon-protected packets), repair passes
+//! send more parity for the blocks receivers report short; End markers close each pass.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use light_common::{DataHeader, HEADER_LEN, PacketKind};
+
+use super::{SendHandle, SendStats, TxConfig, TxError, spawn_sender};
+use crate::{
+    coding::{Plan, encode_message},
+    fec::{FecEncoder, FecParams, Packetizer},
+};
+
+/// End markers sent at the close of a pass; several, since any one can be lost.
+pub const END_MARKERS: usize = 5;
+
+/// What a pass put on the wire.
+#[derive(Clone, Copy, Debug)]
+pub struct PassStats {
+    /// Coded payload bytes of the messages it carried (the plan's bytes; 0 for repair).
+    pub payload_bytes: u64,
+    /// Packets sent, End markers included.
+    pub packets: u64,
+    /// UDP payload bytes sent: Light headers, FEC parity and padding included.
+    pub udp_bytes: u64,
+    /// The sender thread's counters.
+    pub send: SendStats,
+}
+
+/// Live counter of UDP payload bytes handed to the sender, for progress reports.
+pub type Progress = Arc<AtomicU64>;
+
+/// Sends a session's passes; remembers sequence numbers and the parity each block got.
+pub struct Multicaster<'a> {
+    plan: &'a Plan,
+    files: &'a [&'a [u8]],
+    session: u32,
+    tx: TxConfig,
+    enc: FecEncoder,
+    message: Vec<u8>,
+    seq: u32,
+    /// Parity indices already sent per (message, block), beyond the first pass.
+    sent_parity: HashMap<(u32, u32), u16>,
+}
+
+/// Counts what a pass hands to the sender.
+struct Tally<'h> {
+    handle: &'h SendHandle,
+    progress: &'h Progress,
+    payload: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl Tally<'_> {
+    fn drain(&mut self, pk: &mut Packetizer<'_>, message: u32, need: usize) -> Result<(), TxError> {
+        while pk.remaining() > 0 {
+            let mut batch = self.handle.batch()?;
+            while pk.remaining() > 0 {
+                let Some(v) = batch.next_packet() else { break };
+                v.resize(need, 0);
+                let n = pk
+                    .next_into(v)
+                    .map_err(|source| TxError::Packetize { message, source })?
+                    .ok_or(TxError::Config("packetizer ended early".into()))?;
+                v.truncate(n);
+                self.packets += 1;
+                self.bytes += n as u64;
+            }
+            self.progress.store(self.bytes, Ordering::Relaxed);
+            self.handle.submit(batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Multicaster<'a> {
+    /// Prepares to multicast `plan` from `files` (library contents in plan file order).
+    pub fn new(
+        plan: &'a Plan,
+        files: &'a [&'a [u8]],
+        fec: FecParams,
+        session: u32,
+        mut tx: TxConfig,
+    ) -> Result<Self, TxError> {
+        tx.packet_capacity = HEADER_LEN + fec.symbol_size;
+        let enc =
+            FecEncoder::new(fec).map_err(|source| TxError::Packetize { message: 0, source })?;
+        let longest = plan.messages().iter().map(|m| m.len).max().unwrap_or(0);
+        let longest = usize::try_from(longest)
+            .map_err(|_| TxError::Config(format!("message of {longest} bytes")))?;
+        Ok(Self {
+            plan,
+            files,
+            session,
+            tx,
+            enc,
+            message: vec![0; longest],
+            seq: 0,
+            sent_parity: HashMap::new(),
+        })
+    }
+
+    /// Encodes message `idx` into the scratch buffer and returns its length.
+    fn encode(&mut self, idx: u32) -> Result<usize, TxError> {
+        let spec = &self.plan.messages()[idx as usize];
+        let len = spec.len as usize;
+        encode_message(spec, self.files, &mut self.message[..len]).map_err(|source| {
+            TxError::Encode {
+                message: idx,
+                source,
+            }
+        })?;
+        Ok(len)
+    }
+
+    /// Runs one pass: `body` feeds packets, then End markers follow.
+    fn pass(
+        &mut self,
+        progress: &Progress,
+        body: impl FnOnce(&mut Self, &mut Tally<'_>) -> Result<(), TxError>,
+    ) -> Result<PassStats, TxError> {
+        let (handle, thread) = spawn_sender(self.tx.clone())?;
+        let mut tally = Tally {
+            handle: &handle,
+            progress,
+            payload: 0,
+            packets: 0,
+            bytes: 0,
+        };
+        let produced = body(self, &mut tally).and_then(|()| self.end_markers(&mut tally));
+        let (payload_bytes, packets, udp_bytes) = (tally.payload, tally.packets, tally.bytes);
+        drop(handle);
+        let send = thread.join().map_err(|_| TxError::Stopped)??;
+        produced?;
+        Ok(PassStats {
+            payload_bytes,
+            packets,
+            udp_bytes,
+            send,
+        })
+    }
+
+    fn end_markers(&mut self, tally: &mut Tally<'_>) -> Result<(), TxError> {
+        let mut end = DataHeader::new(PacketKind::End, self.session);
+        for _ in 0..END_MARKERS {
+            end.seq = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            let mut batch = tally.handle.batch()?;
+            let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
+            v.resize(HEADER_LEN, 0);
+            end.write_to(v)
+                .map_err(|_| TxError::Config("End marker buffer".into()))?;
+            tally.packets += 1;
+            tally.bytes += HEADER_LEN as u64;
+            tally.handle.submit(batch)?;
+            // Spread the markers so one burst of loss does not take them all.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tally.progress.store(tally.bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every message once: all source symbols and the first-pass parity.
+    pub fn first_pass(&mut self, progress: &Progress) -> Result<PassStats, TxError> {
+        self.pass(progress, |me, tally| {
+            let need = HEADER_LEN + me.enc.params().symbol_size;
+            for idx in 0..me.plan.messages().len() as u32 {
+                let len = me.encode(idx)?;
+                tally.payload += len as u64;
+                let (session, seq) = (me.session, me.seq);
+                let mut pk =
+                    Packetizer::first_pass(&mut me.enc, session, idx, &me.message[..len], seq)
+                        .map_err(|source| TxError::Packetize {
+                            message: idx,
+                            source,
+                        })?;
+                tally.drain(&mut pk, idx, need)?;
+                me.seq = pk.next_seq();
+            }
+            Ok(())
+        })
+    }
+
+    /// More parity for the blocks receivers reported short (`(message, block) → needed`,
+    /// merged across receivers); blocks out of parity get their sources again. Returns the
+    /// pass and how many blocks ran out of parity.
+    pub fn repair(
+        &mut self,
+        requests: &BTreeMap<(u32, u32), u16>,
+        progress: &Progress,
+    ) -> Result<(PassStats, usize), TxError> {
+        let mut exhausted = 0;
+        let stats = self.pass(progress, |me, tally| {
+            let params = me.enc.params();
+            let need = HEADER_LEN + params.symbol_size;
+            let mut encoded: Option<u32> = None;
+            for (&(idx, block), &needed) in requests {
+                if idx as usize >= me.plan.messages().len() {
+                    continue;
+                }
+                let sent = *me
+                    .sent_parity
+                    .get(&(idx, block))
+                    .unwrap_or(&params.parity_per_block);
+                // Send half again what was asked: the repair itself crosses a lossy link.
+                let want = needed.saturating_add(needed / 2 + 1);
+                let count = want.min(params.max_parity_per_block.saturating_sub(sent));
+                if encoded != Some(idx) {
+                    me.encode(idx)?;
+                    encoded = Some(idx);
+                }
+                let len = me.plan.messages()[idx as usize].len as usize;
+                if count > 0 {
+                    let (session, seq) = (me.session, me.seq);
+                    let mut pk = Packetizer::repair(
+                        &mut me.enc,
+                        session,
+                        idx,
+                        &me.message[..len],
+                        block,
+                        sent,
+                        count,
+                        seq,
+                    )
+                    .map_err(|source| TxError::Packetize {
+                        message: idx,
+                        source,
+                    })?;
+                    tally.drain(&mut pk, idx, need)?;
+                    me.seq = pk.next_seq();
+                    me.sent_parity.insert((idx, block), sent + count);
+                }
+                if count < want {
+                    // Out of parity: the block's sources themselves fill whatever is missing.
+                    exhausted += 1;
+                    let (session, seq) = (me.session, me.seq);
+                    let mut pk = Packetizer::block_sources(
+                        &mut me.enc,
+                        session,
+                        idx,
+                        &me.message[..len],
+                        block,
+                        seq,
+                    )
+                    .map_err(|source| TxError::Packetize {
+                        message: idx,
+                        source,
+                    })?;
+                    tally.drain(&mut pk, idx, need)?;
+                    me.seq = pk.next_seq();
+                }
+            }
+            Ok(())
+        })?;
+        Ok((stats, exhausted))
+    }
+}

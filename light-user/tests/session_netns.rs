@@ -1,0 +1,264 @@
+//! End-to-end sessions on network namespaces with the real `light` binary: a server and
+//! receivers on a bridge, real XDP (or socket) receive, real files. Needs root (CI is root).
+
+use std::{fs, path::Path};
+
+use xtask::{
+    demo::{SessionRun, SessionSpec, fill_file, run_session},
+    netns::{Testbed, require_root},
+};
+
+/// File size: divisible by C(4,1) and C(4,2), so MAN subfiles are whole bytes.
+const F: u64 = 3 << 20;
+
+fn library(dir: &Path, files: usize) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        fill_file(&dir.join(format!("file-{i}.bin")), F, i as u64 + 11).unwrap();
+    }
+}
+
+fn spec(work: &Path, demands: &[&str], cache: &str) -> SessionSpec {
+    SessionSpec {
+        light: env!("CARGO_BIN_EXE_light").into(),
+        library: work.join("library"),
+        work: work.to_path_buf(),
+        demands: demands.iter().map(|d| d.to_string()).collect(),
+        expect: 0,
+        cache: cache.into(),
+        rate: "max".into(),
+        no_xdp: false,
+        mtu: 1500,
+        serve_args: vec!["--json".into()],
+        same_id: false,
+    }
+}
+
+fn report(run: &SessionRun) -> serde_json::Value {
+    serde_json::from_str(run.report.trim())
+        .unwrap_or_else(|e| panic!("report {:?}: {e}", run.report))
+}
+
+fn assert_all_identical(run: &SessionRun) {
+    assert!(run.server_ok, "server failed: {}", run.report);
+    for (i, r) in run.receivers.iter().enumerate() {
+        assert!(
+            r.identical,
+            "receiver {} did not get an identical file: {}",
+            i + 1,
+            r.output
+        );
+    }
+}
+
+fn binom(n: u64, k: u64) -> u64 {
+    (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
+}
+
+/// Bytes on the wire the FEC layout declares for `messages` messages of `len` bytes:
+/// every symbol padded to the symbol size, first-pass parity, a header per packet, and
+/// the End markers.
+fn declared_wire_bytes(fec: &serde_json::Value, messages: u64, len: u64) -> u64 {
+    let s = fec["symbol_size"].as_u64().unwrap();
+    let k = fec["source_per_block"].as_u64().unwrap();
+    let r = fec["parity_per_block"].as_u64().unwrap();
+    let symbols = len.div_ceil(s);
+    let packets = symbols + symbols.div_ceil(k) * r;
+    let header = light_common::HEADER_LEN as u64;
+    messages * packets * (header + s) + 5 * header
+}
+
+fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        cache,
+    );
+    s.no_xdp = no_xdp;
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    let k = 4;
+    assert_eq!(rep["t"].as_f64().unwrap(), t as f64);
+    // Closed form: R = (K - t)/(t + 1) files; C(K, t+1) messages of F / C(K, t) bytes.
+    let sub = F / binom(k, t);
+    let messages = binom(k, t + 1);
+    assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), messages * sub);
+    assert_eq!(
+        rep["multicast_bytes"].as_u64().unwrap(),
+        declared_wire_bytes(&rep["fec"], messages, sub),
+        "multicast bytes = plan payload + declared FEC and header overhead"
+    );
+    assert_eq!(rep["placed_bytes"].as_u64().unwrap(), k * 4 * F * t / k);
+    for r in &run.receivers {
+        let sum: serde_json::Value = serde_json::from_str(r.output.trim()).unwrap();
+        let want = if no_xdp { "socket" } else { "AF_XDP" };
+        assert!(sum["rx_path"].as_str().unwrap().contains(want), "{sum}");
+    }
+}
+
+#[test]
+fn four_receivers_distinct_demands_t1() {
+    distinct_demands(1, "25%", false);
+}
+
+#[test]
+fn four_receivers_distinct_demands_t2() {
+    distinct_demands(2, "50%", false);
+}
+
+#[test]
+fn socket_path_gives_identical_files() {
+    distinct_demands(1, "25%", true);
+}
+
+/// K=4, t=1, distinct demands: coded caching multicasts half of what unicasting each
+/// receiver its uncached part would: (K−t)/(t+1) = 1.5 files vs K(1−M/N) = 3 files.
+#[test]
+fn coded_caching_gain_is_reported() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let run = run_session(
+        &bed,
+        &spec(
+            dir.path(),
+            &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+            "25%",
+        ),
+    )
+    .unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    let coded = rep["plan_payload_bytes"].as_u64().unwrap();
+    let uncoded = rep["uncoded_bytes"].as_u64().unwrap();
+    assert_eq!(uncoded, 3 * F);
+    assert_eq!(coded * 2, uncoded);
+}
+
+#[test]
+fn all_receivers_want_the_same_file() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let same = ["file-2.bin"; 4];
+    let run = run_session(&bed, &spec(dir.path(), &same, "25%")).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    // YMA with one distinct demand: [C(4,2) − C(3,2)] / C(4,1) = 3/4 of a file, which is
+    // exactly the three quarters of file-2 each receiver lacks, sent once for all.
+    assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), 3 * F / 4);
+}
+
+#[test]
+fn unknown_content_is_refused_while_others_complete() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 3);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "no-such-file.bin", "file-2.bin"],
+        "0",
+    );
+    s.expect = 3;
+    let run = run_session(&bed, &s).unwrap();
+    assert!(run.server_ok, "{}", run.report);
+    let bad = &run.receivers[2];
+    assert!(!bad.ok, "the unknown request must fail");
+    assert!(
+        bad.output.contains("refused") && bad.output.contains("no-such-file.bin"),
+        "{}",
+        bad.output
+    );
+    for i in [0, 1, 3] {
+        assert!(
+            run.receivers[i].identical,
+            "receiver {}: {}",
+            i + 1,
+            run.receivers[i].output
+        );
+    }
+}
+
+#[test]
+fn ipv6_multicast_session() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 2);
+    let bed = Testbed::new(2, 1500).unwrap();
+    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "50%");
+    s.serve_args.extend(["--group".into(), "ff05::77:7".into()]);
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+}
+
+#[test]
+fn duplicate_receiver_id_is_refused() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 2);
+    let bed = Testbed::new(2, 1500).unwrap();
+    // Both hosts claim id 1; the server expects one receiver, so the second is refused
+    // either as a duplicate or because the session already started.
+    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "0");
+    s.expect = 1;
+    s.same_id = true;
+    let run = run_session(&bed, &s).unwrap();
+    assert!(run.server_ok, "{}", run.report);
+    let refused: Vec<_> = run.receivers.iter().filter(|r| !r.ok).collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "exactly one of the two id-1 receivers is refused"
+    );
+    let why = &refused[0].output;
+    assert!(why.contains("already") || why.contains("started"), "{why}");
+    assert_eq!(run.receivers.iter().filter(|r| r.identical).count(), 1);
+}
+
+/// Random loss before the receivers' XDP hook (nftables on the bridge ports): every file
+/// still verifies, repaired by parity the receivers asked for.
+fn lossy_session(per_mille: u32, all: bool) -> serde_json::Value {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    for r in 0..if all { 4 } else { 1 } {
+        bed.set_loss(r, 7700, per_mille).unwrap();
+    }
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    // Paced, so the namespaces drop nothing besides what the rule drops.
+    s.rate = "2G".into();
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    report(&run)
+}
+
+#[test]
+fn one_percent_loss_on_one_receiver() {
+    lossy_session(10, false);
+}
+
+#[test]
+fn five_percent_loss_on_all_receivers_needs_repair() {
+    let rep = lossy_session(50, true);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+    assert!(rep["repair_bytes"].as_u64().unwrap() > 0, "{rep}");
+}
+
+#[test]
+fn ten_percent_loss_on_one_receiver() {
+    let rep = lossy_session(100, false);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+}
