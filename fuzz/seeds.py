@@ -136,6 +136,7 @@ def seeds():
         "type": "hello", "receiver": 7, "content": "disk.img", "token": "s3cret",
         "have_cache": {"library": "2026-11", "placement": "ff00"},
     }) + json_frame({"type": "cache_resume", "offset": 4096}) + json_frame(
+        {"type": "ready"}) + json_frame({"type": "nack", "blocks": [[0, 1, 2], [7, 0, 4]]}) + json_frame(
         {"type": "progress", "bytes": 12345}) + json_frame(
         {"type": "done", "ok": True, "detail": "verified", "bytes_received": 1 << 40})
     yield "control_frame", "to-server", bytes([7]) + stream
