@@ -10,6 +10,8 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
 /// Length of the truncated keyed MAC carried in each header.
 pub const MAC_LEN: usize = 16;
+/// Offset of the MAC field in the header (the last [`MAC_LEN`] bytes).
+pub const MAC_OFFSET: usize = HEADER_LEN - MAC_LEN;
 
 /// What a data-plane packet carries.
 #[repr(u8)]
@@ -191,6 +193,7 @@ mod tests {
     #[test]
     fn header_is_48_bytes() {
         assert_eq!(HEADER_LEN, 48);
+        assert_eq!(core::mem::offset_of!(DataHeader, mac), MAC_OFFSET);
     }
 
     #[test]

@@ -7,5 +7,7 @@
 pub mod header;
 pub mod maps;
 
-pub use header::{DataHeader, HEADER_LEN, HeaderError, MAC_LEN, MAGIC, PacketKind, VERSION};
+pub use header::{
+    DataHeader, HEADER_LEN, HeaderError, MAC_LEN, MAC_OFFSET, MAGIC, PacketKind, VERSION,
+};
 pub use maps::{COUNTER_COUNT, Counter};

@@ -31,6 +31,7 @@ fn spec(work: &Path, demands: &[&str], cache: &str) -> SessionSpec {
         mtu: 1500,
         serve_args: vec!["--json".into()],
         same_id: false,
+        receive_args: Vec::new(),
     }
 }
 
@@ -261,4 +262,105 @@ fn five_percent_loss_on_all_receivers_needs_repair() {
 fn ten_percent_loss_on_one_receiver() {
     let rep = lossy_session(100, false);
     assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+}
+
+#[test]
+fn wrong_token_is_refused() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 2);
+    let bed = Testbed::new(2, 1500).unwrap();
+    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "0");
+    s.expect = 1;
+    s.serve_args
+        .extend(["--token".into(), "open sesame".into()]);
+    s.receive_args = vec![
+        vec!["--token".into(), "open sesame".into()],
+        vec!["--token".into(), "guess".into()],
+    ];
+    let run = run_session(&bed, &s).unwrap();
+    assert!(run.receivers[0].identical, "{}", run.receivers[0].output);
+    assert!(!run.receivers[1].ok);
+    assert!(
+        run.receivers[1].output.contains("token"),
+        "{}",
+        run.receivers[1].output
+    );
+    assert!(run.server_ok, "{}", run.report);
+}
+
+/// A host on the LAN copies real packets, corrupts them and multicasts them into the
+/// session: receivers drop them by MAC and every file still verifies.
+#[test]
+fn forged_packets_are_dropped_by_mac() {
+    use std::{
+        net::{Ipv4Addr, UdpSocket},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(5, 1500).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let forged = Arc::new(AtomicU64::new(0));
+    let injector = {
+        let (host, stop, forged) = (bed.receivers[4].clone(), stop.clone(), forged.clone());
+        std::thread::spawn(move || {
+            xtask::netns::enter(&host.ns).unwrap();
+            let group = Ipv4Addr::new(239, 77, 0, 1);
+            let sock = UdpSocket::bind((group, 7700)).unwrap();
+            sock.join_multicast_v4(&group, &host.addr).unwrap();
+            sock.set_multicast_loop_v4(false).unwrap();
+            socket2::SockRef::from(&sock)
+                .set_multicast_if_v4(&host.addr)
+                .unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                // Same header (session, indices), corrupted payload, stale MAC.
+                for b in &mut buf[light_common::HEADER_LEN..n] {
+                    *b ^= 0x5a;
+                }
+                for _ in 0..3 {
+                    if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
+                        forged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    s.rate = "500M".into();
+    let run = run_session(&bed, &s).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    injector.join().unwrap();
+    assert_all_identical(&run);
+    assert!(
+        forged.load(Ordering::Relaxed) > 100,
+        "the injector sent forged packets"
+    );
+    let dropped: u64 = run
+        .receivers
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r.output.trim()).unwrap()["auth_failed"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        dropped > 0,
+        "receivers counted forged packets as MAC failures"
+    );
 }

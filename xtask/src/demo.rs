@@ -115,6 +115,8 @@ pub struct SessionSpec {
     pub serve_args: Vec<String>,
     /// Every receiver claims id 1 (to test duplicate refusal).
     pub same_id: bool,
+    /// Extra `light receive` arguments per receiver (missing entries: none).
+    pub receive_args: Vec<Vec<String>>,
 }
 
 /// What a receiver process did.
@@ -216,6 +218,7 @@ pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
         if spec.no_xdp {
             cmd.arg("--no-xdp");
         }
+        cmd.args(spec.receive_args.get(i).into_iter().flatten());
         procs.0.push(cmd.spawn().context("start light receive")?);
     }
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -294,6 +297,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         mtu: a.mtu,
         serve_args: Vec::new(),
         same_id: false,
+        receive_args: Vec::new(),
     };
     let run = run_session(&bed, &spec)?;
     println!("{}", run.report.trim_end());

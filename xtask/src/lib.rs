@@ -5,6 +5,7 @@
 //! eBPF toolchain that `light-user` needs exists.
 
 pub mod bench;
+pub mod compare;
 pub mod demo;
 pub mod fuzz;
 pub mod netns;

@@ -23,14 +23,18 @@ enum Cmd {
     /// Set up, build, and run a demo delivery: a server and receivers in network
     /// namespaces, receivers asking for different files with caches filled.
     Run(xtask::demo::DemoArgs),
-    /// Benchmarks: `rx` compares the AF_XDP and socket receive paths on a veth testbed.
+    /// Benchmarks: `rx` compares the AF_XDP and socket receive paths on a veth testbed;
+    /// `e2e` runs Light, udpcast and UFTP on the same test hosts and files.
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value = "rx")]
         which: Bench,
-        /// Packets per run.
+        /// Packets per run (`rx`).
         #[arg(long, default_value_t = 400_000)]
         packets: u64,
+        /// Options of the end-to-end comparison (`e2e`).
+        #[command(flatten)]
+        e2e: xtask::compare::CompareArgs,
     },
 }
 
@@ -38,6 +42,8 @@ enum Cmd {
 enum Bench {
     /// AF_XDP vs socket receive path.
     Rx,
+    /// Light vs udpcast vs UFTP, end to end, on namespace test hosts.
+    E2e,
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -78,8 +84,18 @@ fn main() -> Result<()> {
             xtask::demo::run(&a)
         }
         Cmd::Bench {
+            which: Bench::E2e,
+            e2e,
+            ..
+        } => {
+            xtask::setup::all()?;
+            cargo(&["build", "--release", "-p", "light-user"])?;
+            xtask::compare::run(&e2e)
+        }
+        Cmd::Bench {
             which: Bench::Rx,
             packets,
+            ..
         } => {
             xtask::setup::all()?;
             cargo(&["build", "--release", "-p", "light-user"])?;

@@ -43,6 +43,9 @@ pub struct Args {
     /// Seconds to keep retrying the connection to the server.
     #[arg(long, default_value_t = 30.0)]
     connect_timeout: f64,
+    /// Secret the server asks for (also from the LIGHT_TOKEN environment variable).
+    #[arg(long, env = "LIGHT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -68,6 +71,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         path,
         connect_timeout: Duration::from_secs_f64(a.connect_timeout),
         idle_timeout: Duration::from_secs(30),
+        token: a.token.clone(),
     };
     // indicatif hides the bar when stderr is not a terminal.
     let bar = ProgressBar::new(0).with_style(

@@ -63,6 +63,12 @@ pub struct Args {
     /// Expected packet loss (0–1); sizes the Reed–Solomon parity.
     #[arg(long, default_value_t = 0.01)]
     loss: f64,
+    /// Secret every receiver must present (also from the LIGHT_TOKEN environment variable).
+    #[arg(long, env = "LIGHT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Do not sign data packets (no per-packet MAC): for trusted networks and benchmarks.
+    #[arg(long)]
+    no_packet_auth: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -90,6 +96,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         mtu: a.mtu,
         expected_loss: a.loss,
         done_timeout: Duration::from_secs(60),
+        token: a.token,
+        authenticate_packets: !a.no_packet_auth,
     };
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let report = rt.block_on(serve(cfg))?;

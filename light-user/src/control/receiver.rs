@@ -22,7 +22,10 @@ use crate::{
     catalog::{Manifest, OutputFile},
     coding::{Decoder, plan},
     fec::{Assembler, Event, FecParams},
-    transport::rx::{Receiver, RxConfig, RxPath},
+    transport::{
+        mac::PacketKey,
+        rx::{Receiver, RxConfig, RxPath},
+    },
 };
 
 /// Everything `light receive` needs.
@@ -46,6 +49,8 @@ pub struct ReceiveConfig {
     pub connect_timeout: Duration,
     /// Give up after this long without a data packet.
     pub idle_timeout: Duration,
+    /// Secret to present to the server.
+    pub token: Option<String>,
 }
 
 /// One-line outcome of a reception.
@@ -81,6 +86,8 @@ pub struct ReceiveSummary {
     pub dropped: u64,
     /// FEC blocks that needed Reed–Solomon decoding.
     pub fec_decoded_blocks: u64,
+    /// Packets dropped because their MAC did not verify (forged or corrupted).
+    pub auth_failed: u64,
 }
 
 /// Live progress for a progress bar: `(file bytes done, file size)`.
@@ -97,7 +104,7 @@ pub async fn receive(
     chan.send(&ToServer::Hello {
         receiver: cfg.receiver,
         content: cfg.content.clone(),
-        token: None,
+        token: cfg.token.clone(),
         have_cache: None,
     })
     .await
@@ -398,8 +405,22 @@ impl DataJob {
         let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
         let mut last_packet = Instant::now();
         let session = self.session;
+        let key =
+            match &self.announced.key {
+                Some(hex) => Some(PacketKey::from_hex(hex).ok_or_else(|| {
+                    SessionError::Protocol("announced packet key is not hex".into())
+                })?),
+                None => None,
+            };
+        let mut auth_failed = 0u64;
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let n = rx.recv_batch(Duration::from_millis(100), &mut |p| {
+                if let Some(k) = &key
+                    && !k.verify(p)
+                {
+                    auth_failed += 1;
+                    return;
+                }
                 if let Ok((h, _)) = DataHeader::parse(p)
                     && h.packet_kind() == Some(PacketKind::End)
                     && h.session == session
@@ -492,6 +513,7 @@ impl DataJob {
                 + stats.duplicate
                 + stats.late,
             fec_decoded_blocks: stats.blocks_decoded,
+            auth_failed,
         })
     }
 }

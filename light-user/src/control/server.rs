@@ -20,6 +20,7 @@ use crate::{
     catalog::{Catalog, ContentInfo, SessionOutcome, pack},
     coding::{CacheBudget, Plan, PlanInput, SchemeChoice, plan},
     fec::FecParams,
+    transport::mac::PacketKey,
     transport::tx::{
         MulticastIf, TxConfig, TxError,
         multicast::{Multicaster, PassStats, Progress},
@@ -55,6 +56,10 @@ pub struct ServeConfig {
     pub mtu: usize,
     /// Expected packet loss, sizes the parity.
     pub expected_loss: f64,
+    /// Secret receivers must present; `None` admits any receiver.
+    pub token: Option<String>,
+    /// Sign every data packet with a per-session keyed MAC.
+    pub authenticate_packets: bool,
     /// How long receivers get after the pass to report.
     pub done_timeout: Duration,
 }
@@ -214,6 +219,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     }
     let catalog = Arc::new(Mutex::new(catalog));
     let session: u32 = rand::random::<u32>() | 1;
+    let key = cfg.authenticate_packets.then(PacketKey::random);
     let listener = TcpListener::bind(cfg.bind)
         .await
         .map_err(|source| SessionError::Io {
@@ -311,22 +317,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             .to_hex()
             .to_string(),
         };
-        let (group, port) = (cfg.group, cfg.port);
+        let ann = Announcement {
+            session,
+            group: cfg.group,
+            port: cfg.port,
+            fec,
+            key: key.as_ref().map(PacketKey::to_hex),
+        };
         tasks.push(tokio::spawn(async move {
-            let r = place_and_announce(
-                a,
-                slot as u32,
-                &plan,
-                &files,
-                input,
-                tag,
-                catalog,
-                session,
-                fec,
-                group,
-                port,
-            )
-            .await;
+            let r =
+                place_and_announce(a, slot as u32, &plan, &files, input, tag, catalog, ann).await;
             (slot, r)
         }));
     }
@@ -370,7 +370,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             &name,
         )?));
     }
-    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx);
+    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx, key);
     let pass_started = Instant::now();
     let pass = passes.run(PassCmd::First).await?.0;
     let pass_secs = pass_started.elapsed().as_secs_f64();
@@ -535,15 +535,19 @@ async fn gather(
             _ = tokio::time::sleep_until(deadline) => break,
             acc = ServerChannel::accept(listener) => {
                 let (mut chan, peer) = acc.map_err(SessionError::control("accept"))?;
-                let (tx, catalog) = (tx.clone(), catalog.clone());
+                let (tx, catalog, want) = (tx.clone(), catalog.clone(), cfg.token.clone());
                 tokio::spawn(async move {
                     chan.set_timeout(Duration::from_secs(10));
-                    let Ok(ToServer::Hello { receiver, content, .. }) = chan.recv().await else {
+                    let Ok(ToServer::Hello { receiver, content, token, .. }) = chan.recv().await else {
                         tracing::info!(%peer, "connection closed before a valid hello");
                         return;
                     };
-                    let resolved = catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
-                        .and_then(|c| c.resolve(&content).map_err(|e| e.to_string()));
+                    let resolved = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                        Err("missing or wrong token".to_owned())
+                    } else {
+                        catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
+                            .and_then(|c| c.resolve(&content).map_err(|e| e.to_string()))
+                    };
                     let _ = tx.send((receiver, content, chan, resolved)).await;
                 });
             }
@@ -635,10 +639,7 @@ async fn place_and_announce(
     input: PlanInput,
     tag: CacheTag,
     catalog: Arc<Mutex<Catalog>>,
-    session: u32,
-    fec: FecParams,
-    group: IpAddr,
-    port: u16,
+    ann: Announcement,
 ) -> Result<(Admitted, u64), (u32, String, SessionError)> {
     let (id, content) = (a.id, a.content.path.clone());
     let fail = |e: SessionError| (id, content.clone(), e);
@@ -667,12 +668,17 @@ async fn place_and_announce(
         let _ = c.upsert_receiver(&id.to_string(), Some(&tag.placement));
     }
     let announce = ToReceiver::Announce {
-        session,
-        group: group.to_string(),
-        port,
-        plan: serde_json::to_value(PlanAnnouncement { input, slot }).unwrap_or_default(),
+        session: ann.session,
+        group: ann.group.to_string(),
+        port: ann.port,
+        plan: serde_json::to_value(PlanAnnouncement {
+            input,
+            slot,
+            key: ann.key,
+        })
+        .unwrap_or_default(),
         manifest: serde_json::to_value(&manifest).unwrap_or_default(),
-        fec: serde_json::to_value(fec).unwrap_or_default(),
+        fec: serde_json::to_value(ann.fec).unwrap_or_default(),
     };
     a.chan
         .send(&announce)
@@ -727,11 +733,12 @@ impl PassThread {
         fec: FecParams,
         session: u32,
         tx: TxConfig,
+        key: Option<PacketKey>,
     ) -> Self {
         let (cmds, rx) = std::sync::mpsc::channel::<(PassCmd, PassReply)>();
         std::thread::spawn(move || {
             let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
-            let mut m = Multicaster::new(&plan, &slices, fec, session, tx);
+            let mut m = Multicaster::new(&plan, &slices, fec, session, tx, key);
             let progress: Progress = Default::default();
             for (cmd, reply) in rx {
                 let r = match (&mut m, cmd) {
@@ -753,5 +760,28 @@ impl PassThread {
         Ok(rx
             .await
             .map_err(|_| SessionError::Protocol("multicast thread stopped".into()))??)
+    }
+}
+
+/// What every receiver's announcement shares.
+#[derive(Clone)]
+struct Announcement {
+    session: u32,
+    group: IpAddr,
+    port: u16,
+    fec: FecParams,
+    key: Option<String>,
+}
+
+/// Compares two secrets without an early exit on the first differing byte.
+fn same_secret(got: Option<&str>, want: Option<&str>) -> bool {
+    match (got, want) {
+        (Some(g), Some(w)) if g.len() == w.len() => {
+            g.bytes()
+                .zip(w.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        }
+        _ => false,
     }
 }

@@ -20,6 +20,8 @@ pub struct PlanAnnouncement {
     pub input: PlanInput,
     /// This receiver's index in the plan.
     pub slot: u32,
+    /// Hex key of the per-packet MAC, if the session authenticates packets.
+    pub key: Option<String>,
 }
 
 /// Errors of running a session, server or receiver side, with what was being done.

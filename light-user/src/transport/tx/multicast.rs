@@ -17,6 +17,7 @@ use super::{SendHandle, SendStats, TxConfig, TxError, spawn_sender};
 use crate::{
     coding::{Plan, encode_message},
     fec::{FecEncoder, FecParams, Packetizer},
+    transport::mac::PacketKey,
 };
 
 /// End markers sent at the close of a pass; several, since any one can be lost.
@@ -49,11 +50,14 @@ pub struct Multicaster<'a> {
     seq: u32,
     /// Parity indices already sent per (message, block), beyond the first pass.
     sent_parity: HashMap<(u32, u32), u16>,
+    /// Signs every packet when the session authenticates packets.
+    key: Option<PacketKey>,
 }
 
 /// Counts what a pass hands to the sender.
 struct Tally<'h> {
     handle: &'h SendHandle,
+    key: Option<&'h PacketKey>,
     progress: &'h Progress,
     payload: u64,
     packets: u64,
@@ -72,6 +76,9 @@ impl Tally<'_> {
                     .map_err(|source| TxError::Packetize { message, source })?
                     .ok_or(TxError::Config("packetizer ended early".into()))?;
                 v.truncate(n);
+                if let Some(k) = self.key {
+                    k.sign(v);
+                }
                 self.packets += 1;
                 self.bytes += n as u64;
             }
@@ -90,6 +97,7 @@ impl<'a> Multicaster<'a> {
         fec: FecParams,
         session: u32,
         mut tx: TxConfig,
+        key: Option<PacketKey>,
     ) -> Result<Self, TxError> {
         tx.packet_capacity = HEADER_LEN + fec.symbol_size;
         let enc =
@@ -106,6 +114,7 @@ impl<'a> Multicaster<'a> {
             message: vec![0; longest],
             seq: 0,
             sent_parity: HashMap::new(),
+            key,
         })
     }
 
@@ -129,8 +138,10 @@ impl<'a> Multicaster<'a> {
         body: impl FnOnce(&mut Self, &mut Tally<'_>) -> Result<(), TxError>,
     ) -> Result<PassStats, TxError> {
         let (handle, thread) = spawn_sender(self.tx.clone())?;
+        let key = self.key.clone();
         let mut tally = Tally {
             handle: &handle,
+            key: key.as_ref(),
             progress,
             payload: 0,
             packets: 0,
@@ -159,6 +170,9 @@ impl<'a> Multicaster<'a> {
             v.resize(HEADER_LEN, 0);
             end.write_to(v)
                 .map_err(|_| TxError::Config("End marker buffer".into()))?;
+            if let Some(k) = tally.key {
+                k.sign(v);
+            }
             tally.packets += 1;
             tally.bytes += HEADER_LEN as u64;
             tally.handle.submit(batch)?;

@@ -1,0 +1,351 @@
+//! The comparison's results: per-repetition measurements, medians, and their JSON, Markdown
+//! and SVG renderings.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::wire::Counters;
+
+/// Bytes seen on the bridge during one run.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Wire {
+    /// Bytes the server sent.
+    pub from_server: u64,
+    /// Bytes the receivers sent (feedback).
+    pub from_receivers: u64,
+    /// Bytes delivered to the receivers.
+    pub to_receivers: u64,
+}
+
+impl From<Counters> for Wire {
+    fn from(c: Counters) -> Self {
+        Self {
+            from_server: c.from_server,
+            from_receivers: c.from_receivers,
+            to_receivers: c.to_receivers,
+        }
+    }
+}
+
+/// One repetition of one tool in one scenario.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rep {
+    /// Every receiver's copy matched the original.
+    pub verified: bool,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Seconds to the last receiver done.
+    pub wall_s: f64,
+    /// File bytes per receiver over wall time, in Mbit/s.
+    pub goodput_mbit_s: f64,
+    /// Bridge byte counters over the run.
+    pub wire: Wire,
+    /// Sender CPU seconds.
+    pub sender_cpu_s: f64,
+    /// All receivers' CPU seconds together.
+    pub receivers_cpu_s: f64,
+    /// Light only: seconds of its multicast delivery phase (`multicast_seconds` in its
+    /// report), i.e. without connection set-up and cache placement.
+    pub delivery_s: Option<f64>,
+    /// Packets the loss rule dropped.
+    pub loss_drops: u64,
+    /// Light's server report, when it printed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light_report: Option<serde_json::Value>,
+}
+
+/// Medians over the verified repetitions.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Median {
+    /// Seconds to the last receiver done.
+    pub wall_s: f64,
+    /// Goodput per receiver, Mbit/s.
+    pub goodput_mbit_s: f64,
+    /// Light's delivery phase, seconds.
+    pub delivery_s: Option<f64>,
+    /// Bytes the server sent.
+    pub from_server: f64,
+    /// Bytes the receivers sent.
+    pub from_receivers: f64,
+    /// Sender CPU seconds.
+    pub sender_cpu_s: f64,
+    /// Receivers' CPU seconds.
+    pub receivers_cpu_s: f64,
+}
+
+/// One tool in one scenario on one topology, over all repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `same`, `cached` or `loss`.
+    pub scenario: String,
+    /// Link MTU.
+    pub mtu: u32,
+    /// Receivers.
+    pub k: usize,
+    /// `light`, `light-noxdp`, `udpcast`, `uftp`.
+    pub tool: String,
+    /// Tool variant (Light's cache budget), empty if none.
+    pub variant: String,
+    /// Size of each file.
+    pub file_bytes: u64,
+    /// Every repetition.
+    pub runs: Vec<Rep>,
+    /// Medians over the verified repetitions (`None` if none verified).
+    pub median: Option<Median>,
+}
+
+/// The median of `v` (mean of the middle two for even lengths); `None` when empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+impl Row {
+    /// Fills in `median` from the verified runs.
+    pub fn summarize(&mut self) {
+        let ok: Vec<&Rep> = self.runs.iter().filter(|r| r.verified).collect();
+        let m = |f: &dyn Fn(&Rep) -> f64| median(ok.iter().map(|r| f(r)).collect());
+        self.median = m(&|r| r.wall_s).map(|wall_s| Median {
+            wall_s,
+            goodput_mbit_s: m(&|r| r.goodput_mbit_s).unwrap_or(0.0),
+            delivery_s: median(ok.iter().filter_map(|r| r.delivery_s).collect()),
+            from_server: m(&|r| r.wire.from_server as f64).unwrap_or(0.0),
+            from_receivers: m(&|r| r.wire.from_receivers as f64).unwrap_or(0.0),
+            sender_cpu_s: m(&|r| r.sender_cpu_s).unwrap_or(0.0),
+            receivers_cpu_s: m(&|r| r.receivers_cpu_s).unwrap_or(0.0),
+        });
+    }
+
+    /// Number of verified repetitions.
+    pub fn verified(&self) -> usize {
+        self.runs.iter().filter(|r| r.verified).count()
+    }
+
+    /// Tool and variant as one label.
+    pub fn label(&self) -> String {
+        if self.variant.is_empty() {
+            self.tool.clone()
+        } else {
+            format!("{} {}", self.tool, self.variant)
+        }
+    }
+}
+
+/// The Markdown table of all rows.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | MTU | K | tool | verified | wall s | goodput Mbit/s per receiver | \
+         Light delivery s | server sent MB | receivers sent MB | sender CPU s | \
+         receivers CPU s | loss drops |\n\
+         |---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let status = match r.runs.iter().find_map(|x| x.error.as_deref()) {
+            None => format!("{}/{}", r.verified(), r.runs.len()),
+            Some(e) => format!(
+                "{}/{} FAILED: {}",
+                r.verified(),
+                r.runs.len(),
+                e.replace('|', "\\|")
+            ),
+        };
+        let drops = median(r.runs.iter().map(|x| x.loss_drops as f64).collect()).unwrap_or(0.0);
+        let cells = match r.median {
+            Some(m) => format!(
+                "{:.2} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {drops:.0}",
+                m.wall_s,
+                m.goodput_mbit_s,
+                m.delivery_s.map_or("–".to_owned(), |d| format!("{d:.2}")),
+                m.from_server / 1e6,
+                m.from_receivers / 1e6,
+                m.sender_cpu_s,
+                m.receivers_cpu_s
+            ),
+            None => "– | – | – | – | – | – | – | –".to_owned(),
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {status} | {cells} |\n",
+            r.scenario,
+            r.mtu,
+            r.k,
+            r.label()
+        );
+    }
+    s
+}
+
+/// Points (K, goodput) per tool label.
+type Series = BTreeMap<String, Vec<(u32, f64)>>;
+
+/// Draws median goodput by K, one line per tool, one panel per scenario and MTU.
+pub fn svg(rows: &[Row], path: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
+    let mut panels: Vec<((String, u32), Series)> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    for r in rows {
+        let label = r.label();
+        if !labels.contains(&label) {
+            labels.push(label.clone());
+        }
+        let key = (r.scenario.clone(), r.mtu);
+        let at = match panels.iter().position(|p| p.0 == key) {
+            Some(i) => i,
+            None => {
+                panels.push((key, Series::new()));
+                panels.len() - 1
+            }
+        };
+        let series = panels[at].1.entry(label).or_default();
+        if let Some(m) = r.median {
+            series.push((r.k as u32, m.goodput_mbit_s));
+        }
+    }
+    // One row of panels per scenario (in run order), one column per MTU.
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    panels.sort_by_key(|((s, mtu), _)| (scenarios.iter().position(|x| x == s), *mtu));
+    let kmax = rows.iter().map(|r| r.k as u32).max().unwrap_or(1);
+    let cols = rows
+        .iter()
+        .map(|r| r.mtu)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        .max(1);
+    let nrows = panels.len().div_ceil(cols).max(1);
+    let root = SVGBackend::new(path, (560 * cols as u32, 380 * nrows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let areas = root.split_evenly((nrows, cols));
+    for (area, ((scenario, mtu), series)) in areas.iter().zip(&panels) {
+        let ymax = series.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{scenario}, MTU {mtu}: goodput per receiver"),
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0u32..kmax + 1, 0f64..ymax)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("receivers K")
+            .y_desc("Mbit/s")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (label, pts) in series {
+            let i = labels.iter().position(|l| l == label).unwrap_or(0);
+            let color = Palette99::pick(i).to_rgba();
+            let mut pts = pts.clone();
+            pts.sort_by_key(|p| p.0);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_odd_even_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    fn row(tool: &str, k: usize, runs: Vec<Rep>) -> Row {
+        let mut r = Row {
+            scenario: "same".into(),
+            mtu: 1500,
+            k,
+            tool: tool.into(),
+            variant: String::new(),
+            file_bytes: 1 << 20,
+            runs,
+            median: None,
+        };
+        r.summarize();
+        r
+    }
+
+    #[test]
+    fn failed_runs_are_excluded_and_reported() {
+        let good = |w: f64| Rep {
+            verified: true,
+            wall_s: w,
+            goodput_mbit_s: 8.0 / w,
+            ..Rep::default()
+        };
+        let bad = Rep {
+            error: Some("a|b".into()),
+            wall_s: 100.0,
+            ..Rep::default()
+        };
+        let r = row("udpcast", 4, vec![good(1.0), bad, good(3.0)]);
+        assert_eq!(r.verified(), 2);
+        assert_eq!(r.median.unwrap().wall_s, 2.0);
+        let none = row("light", 4, vec![Rep::default()]);
+        assert!(none.median.is_none());
+        let md = markdown(&[r, none]);
+        assert!(md.contains("| 2/3 FAILED: a\\|b |"), "{md}");
+        assert!(md.contains("| 0/1 |") && md.contains("– | –"), "{md}");
+    }
+
+    #[test]
+    fn svg_has_text_and_lines() {
+        let dir = std::env::temp_dir().join(format!("compare-svg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.svg");
+        let ok = |g: f64| Rep {
+            verified: true,
+            wall_s: 1.0,
+            goodput_mbit_s: g,
+            ..Rep::default()
+        };
+        svg(
+            &[
+                row("udpcast", 1, vec![ok(900.0)]),
+                row("udpcast", 4, vec![ok(700.0)]),
+                row("uftp", 1, vec![ok(500.0)]),
+            ],
+            &p,
+        )
+        .unwrap();
+        let s = std::fs::read_to_string(&p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(s.starts_with("<svg"), "{}", &s[..80.min(s.len())]);
+        assert!(s.contains("udpcast") && s.contains("uftp") && s.contains("<polyline"));
+    }
+}
