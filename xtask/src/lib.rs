@@ -7,5 +7,6 @@
 pub mod bench;
 pub mod compare;
 pub mod demo;
+pub mod fuzz;
 pub mod netns;
 pub mod setup;
