@@ -197,6 +197,11 @@ pub fn run(seconds_per_target: u64) -> Result<()> {
         });
     }
     let _ = fs::remove_dir_all(&scratch);
+    println!(
+        "fuzz: {} passed, {} failed",
+        targets.len() - failures.len(),
+        failures.len()
+    );
     if !failures.is_empty() {
         bail!("fuzzing found failures:\n  {}", failures.join("\n  "));
     }

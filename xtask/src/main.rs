@@ -20,6 +20,12 @@ enum Cmd {
     Build,
     /// Set up, then run formatting and lint checks and every test (needs root for XDP tests).
     Test,
+    /// Run every fuzz target for a bounded time on a copy of its committed seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Set up, build, and run a demo delivery: a server and receivers in network
     /// namespaces, receivers asking for different files with caches filled.
     Run(xtask::demo::DemoArgs),
@@ -45,6 +51,9 @@ enum Bench {
     /// Light vs udpcast vs UFTP, end to end, on namespace test hosts.
     E2e,
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(env!("CARGO"))
@@ -76,7 +85,13 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            cargo(&["test", "--workspace", "--", "--test-threads", "2"])
+            cargo(&["test", "--workspace", "--", "--test-threads", "2"])?;
+            // A bounded fuzzing pass over every target (the seeds are in fuzz/corpus).
+            xtask::fuzz::run(FUZZ_SECONDS_IN_TEST)
+        }
+        Cmd::Fuzz { seconds } => {
+            xtask::setup::all()?;
+            xtask::fuzz::run(seconds)
         }
         Cmd::Run(a) => {
             xtask::setup::all()?;
