@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::UdpSocket, time::Duration};
 use light::{
     coding::{CacheBudget, PlanInput, SchemeChoice, plan},
     fec::{Assembler, Event, FecParams},
-    transport::tx::{TxConfig, multicast::Multicaster},
+    transport::{
+        mac::PacketKey,
+        tx::{TxConfig, multicast::Multicaster},
+    },
 };
 
 #[test]
@@ -40,7 +43,8 @@ fn repair_rounds_converge_under_heavy_loss() {
     let slices: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let mut tx = TxConfig::new(rx.local_addr().unwrap());
     tx.rate = Some(200_000_000);
-    let mut m = Multicaster::new(&plan, &slices, fec, 7, tx).unwrap();
+    let key = PacketKey::random();
+    let mut m = Multicaster::new(&plan, &slices, fec, 7, tx, Some(key.clone())).unwrap();
     let lens: Vec<(u32, u64)> = plan
         .messages()
         .iter()
@@ -62,6 +66,7 @@ fn repair_rounds_converge_under_heavy_loss() {
             if rng % 10 < 3 {
                 continue;
             }
+            assert!(key.verify(&buf[..n]), "every packet is signed");
             if let Some(Event::MessageComplete { message, bytes }) = asm.on_packet(&buf[..n]) {
                 got.insert(message, bytes);
             }

@@ -181,28 +181,7 @@ impl<'a> Packetizer<'a> {
         block: u32,
         first_seq: u32,
     ) -> Result<Self, FecError> {
-        let layout = enc.params.layout(message.len() as u64)?;
-        let k = u32::from(layout.block_sources(block));
-        if k == 0 {
-            return Err(FecError::BlockOutOfRange {
-                block,
-                blocks: layout.blocks,
-            });
-        }
-        let runs = vec![Run {
-            block,
-            next: 0,
-            end: k,
-        }];
-        Ok(Self::with_runs(
-            enc,
-            session,
-            message_index,
-            message,
-            layout,
-            runs,
-            first_seq,
-        ))
+        Self::one_block(enc, session, message_index, message, block, None, first_seq)
     }
 
     /// Repair parity `first_parity_index..+count` of one block.
@@ -217,8 +196,30 @@ impl<'a> Packetizer<'a> {
         count: u16,
         first_seq: u32,
     ) -> Result<Self, FecError> {
-        let layout = enc.params.layout(message.len() as u64)?;
         enc.check_parity_range(first_parity_index, count)?;
+        let parity = Some((first_parity_index, count));
+        Self::one_block(
+            enc,
+            session,
+            message_index,
+            message,
+            block,
+            parity,
+            first_seq,
+        )
+    }
+
+    /// Shards of one block: its sources (`parity: None`) or a parity range.
+    fn one_block(
+        enc: &'a mut FecEncoder,
+        session: u32,
+        message_index: u32,
+        message: &'a [u8],
+        block: u32,
+        parity: Option<(u16, u16)>,
+        first_seq: u32,
+    ) -> Result<Self, FecError> {
+        let layout = enc.params.layout(message.len() as u64)?;
         let k = u32::from(layout.block_sources(block));
         if k == 0 {
             return Err(FecError::BlockOutOfRange {
@@ -226,12 +227,14 @@ impl<'a> Packetizer<'a> {
                 blocks: layout.blocks,
             });
         }
-        let start = k + u32::from(first_parity_index);
-        let runs = vec![Run {
-            block,
-            next: start,
-            end: start + u32::from(count),
-        }];
+        let (next, end) = match parity {
+            None => (0, k),
+            Some((first, count)) => {
+                let start = k + u32::from(first);
+                (start, start + u32::from(count))
+            }
+        };
+        let runs = vec![Run { block, next, end }];
         Ok(Self::with_runs(
             enc,
             session,

@@ -183,6 +183,40 @@ impl<'a> Multicaster<'a> {
         Ok(())
     }
 
+    /// Sends one block of the encoded message `idx` (`len` bytes in the scratch buffer):
+    /// the parity range `Some((first, count))`, or its sources.
+    fn send_block(
+        &mut self,
+        tally: &mut Tally<'_>,
+        idx: u32,
+        len: usize,
+        block: u32,
+        parity: Option<(u16, u16)>,
+    ) -> Result<(), TxError> {
+        let need = HEADER_LEN + self.enc.params().symbol_size;
+        let (session, seq, message) = (self.session, self.seq, &self.message[..len]);
+        let mut pk = match parity {
+            Some((first, count)) => Packetizer::repair(
+                &mut self.enc,
+                session,
+                idx,
+                message,
+                block,
+                first,
+                count,
+                seq,
+            ),
+            None => Packetizer::block_sources(&mut self.enc, session, idx, message, block, seq),
+        }
+        .map_err(|source| TxError::Packetize {
+            message: idx,
+            source,
+        })?;
+        tally.drain(&mut pk, idx, need)?;
+        self.seq = pk.next_seq();
+        Ok(())
+    }
+
     /// Every message once: all source symbols and the first-pass parity.
     pub fn first_pass(&mut self, progress: &Progress) -> Result<PassStats, TxError> {
         self.pass(progress, |me, tally| {
@@ -215,7 +249,6 @@ impl<'a> Multicaster<'a> {
         let mut exhausted = 0;
         let stats = self.pass(progress, |me, tally| {
             let params = me.enc.params();
-            let need = HEADER_LEN + params.symbol_size;
             let mut encoded: Option<u32> = None;
             for (&(idx, block), &needed) in requests {
                 if idx as usize >= me.plan.messages().len() {
@@ -234,43 +267,13 @@ impl<'a> Multicaster<'a> {
                 }
                 let len = me.plan.messages()[idx as usize].len as usize;
                 if count > 0 {
-                    let (session, seq) = (me.session, me.seq);
-                    let mut pk = Packetizer::repair(
-                        &mut me.enc,
-                        session,
-                        idx,
-                        &me.message[..len],
-                        block,
-                        sent,
-                        count,
-                        seq,
-                    )
-                    .map_err(|source| TxError::Packetize {
-                        message: idx,
-                        source,
-                    })?;
-                    tally.drain(&mut pk, idx, need)?;
-                    me.seq = pk.next_seq();
+                    me.send_block(tally, idx, len, block, Some((sent, count)))?;
                     me.sent_parity.insert((idx, block), sent + count);
                 }
                 if count < want {
                     // Out of parity: the block's sources themselves fill whatever is missing.
                     exhausted += 1;
-                    let (session, seq) = (me.session, me.seq);
-                    let mut pk = Packetizer::block_sources(
-                        &mut me.enc,
-                        session,
-                        idx,
-                        &me.message[..len],
-                        block,
-                        seq,
-                    )
-                    .map_err(|source| TxError::Packetize {
-                        message: idx,
-                        source,
-                    })?;
-                    tally.drain(&mut pk, idx, need)?;
-                    me.seq = pk.next_seq();
+                    me.send_block(tally, idx, len, block, None)?;
                 }
             }
             Ok(())
