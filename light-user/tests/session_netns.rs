@@ -30,7 +30,6 @@ fn spec(work: &Path, demands: &[&str], cache: &str) -> SessionSpec {
         no_xdp: false,
         mtu: 1500,
         serve_args: vec!["--json".into()],
-        same_id: false,
         receive_args: Vec::new(),
     }
 }
@@ -198,30 +197,6 @@ fn ipv6_multicast_session() {
     s.serve_args.extend(["--group".into(), "ff05::77:7".into()]);
     let run = run_session(&bed, &s).unwrap();
     assert_all_identical(&run);
-}
-
-#[test]
-fn duplicate_receiver_id_is_refused() {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 2);
-    let bed = Testbed::new(2, 1500).unwrap();
-    // Both hosts claim id 1; the server expects one receiver, so the second is refused
-    // either as a duplicate or because the session already started.
-    let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "0");
-    s.expect = 1;
-    s.same_id = true;
-    let run = run_session(&bed, &s).unwrap();
-    assert!(run.server_ok, "{}", run.report);
-    let refused: Vec<_> = run.receivers.iter().filter(|r| !r.ok).collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "exactly one of the two id-1 receivers is refused"
-    );
-    let why = &refused[0].output;
-    assert!(why.contains("already") || why.contains("started"), "{why}");
-    assert_eq!(run.receivers.iter().filter(|r| r.identical).count(), 1);
 }
 
 /// Random loss before the receivers' XDP hook (nftables on the bridge ports): every file

@@ -113,8 +113,6 @@ pub struct SessionSpec {
     pub mtu: u32,
     /// Extra `light serve` arguments.
     pub serve_args: Vec<String>,
-    /// Every receiver claims id 1 (to test duplicate refusal).
-    pub same_id: bool,
     /// Extra `light receive` arguments per receiver (missing entries: none).
     pub receive_args: Vec<Vec<String>>,
 }
@@ -249,12 +247,7 @@ pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &r.ns])
             .arg(&spec.light)
-            .args([
-                "receive",
-                &if spec.same_id { 1 } else { i + 1 }.to_string(),
-                "-c",
-                want,
-            ])
+            .args(["receive", &(i + 1).to_string(), "-c", want])
             .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
             .arg(&out)
             .arg("--cache-dir")
@@ -328,7 +321,6 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         no_xdp: a.no_xdp,
         mtu: a.mtu,
         serve_args: Vec::new(),
-        same_id: false,
         receive_args: Vec::new(),
     };
     let run = run_session(&bed, &spec)?;
