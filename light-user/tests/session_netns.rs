@@ -202,12 +202,16 @@ fn ipv6_multicast_session() {
 /// Random loss before the receivers' XDP hook (nftables on the bridge ports): every file
 /// still verifies, repaired by parity the receivers asked for.
 fn lossy_session(per_mille: u32, all: bool) -> serde_json::Value {
+    lossy_session_with(all, |bed, r| bed.set_loss(r, 7700, per_mille).unwrap())
+}
+
+fn lossy_session_with(all: bool, rule: impl Fn(&Testbed, usize)) -> serde_json::Value {
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     library(&dir.path().join("library"), 4);
     let bed = Testbed::new(4, 1500).unwrap();
     for r in 0..if all { 4 } else { 1 } {
-        bed.set_loss(r, 7700, per_mille).unwrap();
+        rule(&bed, r);
     }
     let mut s = spec(
         dir.path(),
@@ -231,6 +235,26 @@ fn five_percent_loss_on_all_receivers_needs_repair() {
     let rep = lossy_session(50, true);
     assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
     assert!(rep["repair_bytes"].as_u64().unwrap() > 0, "{rep}");
+}
+
+#[test]
+fn one_percent_loss_on_all_receivers() {
+    lossy_session(10, true);
+}
+
+#[test]
+fn ten_percent_loss_on_all_receivers() {
+    let rep = lossy_session(100, true);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+}
+
+/// Bursts: 3 consecutive sends out of every 20 are lost (with UDP GSO a send crosses the
+/// bridge as one buffer of up to 64 packets, so bursts reach ~190 packets and wipe most of
+/// a block): repair resends parity, then those blocks' sources.
+#[test]
+fn burst_loss_on_one_receiver() {
+    let rep = lossy_session_with(false, |bed, r| bed.set_burst_loss(r, 7700, 3, 20).unwrap());
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
 }
 
 #[test]

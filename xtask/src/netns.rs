@@ -192,9 +192,33 @@ impl Testbed {
         c
     }
 
-    /// Drops `per_mille`/1000 of the UDP packets to `port` on their way to `receiver`
-    /// (an nftables bridge rule, before the receiver's XDP hook).
+    /// Drops `per_mille`/1000 of the UDP packets to `port` on their way to `receiver`,
+    /// at random (an nftables bridge rule, before the receiver's XDP hook).
     pub fn set_loss(&self, receiver: usize, port: u16, per_mille: u32) -> Result<()> {
+        self.drop_rule(
+            receiver,
+            port,
+            &format!("numgen random mod 1000 < {per_mille}"),
+        )
+    }
+
+    /// Drops bursts: `burst` consecutive packets out of every `period` to `port` on their
+    /// way to `receiver`.
+    pub fn set_burst_loss(
+        &self,
+        receiver: usize,
+        port: u16,
+        burst: u32,
+        period: u32,
+    ) -> Result<()> {
+        self.drop_rule(
+            receiver,
+            port,
+            &format!("numgen inc mod {period} < {burst}"),
+        )
+    }
+
+    fn drop_rule(&self, receiver: usize, port: u16, select: &str) -> Result<()> {
         let h = &self.receivers[receiver];
         let br = &self.bridge_ns;
         in_ns(br, &["nft", "add table bridge lossy"])?;
@@ -206,7 +230,7 @@ impl Testbed {
             ],
         )?;
         let rule = format!(
-            "add rule bridge lossy fw oifname \"{}\" udp dport {port} numgen random mod 1000 < {per_mille} counter drop",
+            "add rule bridge lossy fw oifname \"{}\" udp dport {port} {select} counter drop",
             h.bridge_port
         );
         in_ns(br, &["nft", &rule])

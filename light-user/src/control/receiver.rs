@@ -377,6 +377,8 @@ struct DataJob {
 
 /// Silence after an End marker before the receiver reports what it lacks.
 const NACK_QUIET: Duration = Duration::from_millis(300);
+/// Silence after which the receiver reports what it lacks even without an End marker.
+const NACK_IDLE: Duration = Duration::from_secs(2);
 
 impl DataJob {
     fn run(
@@ -452,6 +454,7 @@ impl DataJob {
         let _ = ready.send(Ok(rx_path.clone()));
 
         let mut first: Option<Instant> = None;
+        let mut idle_nacked = false;
         let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
         let mut last_packet = Instant::now();
         let session = self.session;
@@ -486,13 +489,18 @@ impl DataJob {
             if n > 0 {
                 first.get_or_insert(now);
                 last_packet = now;
+                idle_nacked = false;
                 (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
             }
             let quiet = now - last_packet;
-            // A pass ended (a newer End marker than the last one answered) and blocks are
-            // still short: ask for repair parity.
-            if last_end != nacked_at && quiet > NACK_QUIET && !assembler.is_complete() {
+            // A pass ended (a newer End marker than the last one answered), or everything
+            // went quiet with no End marker seen (all of them lost), and blocks are still
+            // short: ask for repair parity.
+            let pass_ended = last_end != nacked_at && quiet > NACK_QUIET;
+            let went_quiet = quiet > NACK_IDLE && !idle_nacked;
+            if (pass_ended || went_quiet) && !assembler.is_complete() {
                 nacked_at = last_end;
+                idle_nacked = true;
                 let blocks: Vec<[u32; 3]> = assembler
                     .missing()
                     .into_iter()
