@@ -34,6 +34,20 @@ fn spec(work: &Path, demands: &[&str], cache: &str) -> SessionSpec {
     }
 }
 
+/// Four test hosts asking for four different files of a fresh library (needs root).
+fn four_receivers(cache: &str) -> (tempfile::TempDir, Testbed, SessionSpec) {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(4, 1500).unwrap();
+    let s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        cache,
+    );
+    (dir, bed, s)
+}
+
 fn report(run: &SessionRun) -> serde_json::Value {
     serde_json::from_str(run.report.trim())
         .unwrap_or_else(|e| panic!("report {:?}: {e}", run.report))
@@ -69,15 +83,7 @@ fn declared_wire_bytes(fec: &serde_json::Value, messages: u64, len: u64) -> u64 
 }
 
 fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 4);
-    let bed = Testbed::new(4, 1500).unwrap();
-    let mut s = spec(
-        dir.path(),
-        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
-        cache,
-    );
+    let (_dir, bed, mut s) = four_receivers(cache);
     s.no_xdp = no_xdp;
     let run = run_session(&bed, &s).unwrap();
     assert_all_identical(&run);
@@ -120,19 +126,8 @@ fn socket_path_gives_identical_files() {
 /// receiver its uncached part would: (K−t)/(t+1) = 1.5 files vs K(1−M/N) = 3 files.
 #[test]
 fn coded_caching_gain_is_reported() {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 4);
-    let bed = Testbed::new(4, 1500).unwrap();
-    let run = run_session(
-        &bed,
-        &spec(
-            dir.path(),
-            &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
-            "25%",
-        ),
-    )
-    .unwrap();
+    let (_dir, bed, s) = four_receivers("25%");
+    let run = run_session(&bed, &s).unwrap();
     assert_all_identical(&run);
     let rep = report(&run);
     let coded = rep["plan_payload_bytes"].as_u64().unwrap();
@@ -206,18 +201,10 @@ fn lossy_session(per_mille: u32, all: bool) -> serde_json::Value {
 }
 
 fn lossy_session_with(all: bool, rule: impl Fn(&Testbed, usize)) -> serde_json::Value {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 4);
-    let bed = Testbed::new(4, 1500).unwrap();
+    let (_dir, bed, mut s) = four_receivers("25%");
     for r in 0..if all { 4 } else { 1 } {
         rule(&bed, r);
     }
-    let mut s = spec(
-        dir.path(),
-        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
-        "25%",
-    );
     // Paced, so the namespaces drop nothing besides what the rule drops.
     s.rate = "2G".into();
     let run = run_session(&bed, &s).unwrap();
@@ -408,15 +395,7 @@ fn kill(pid: u32) {
 /// Killing the server mid-multicast makes every receiver exit non-zero, quickly, saying why.
 #[test]
 fn receivers_exit_when_the_server_dies() {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 4);
-    let bed = Testbed::new(4, 1500).unwrap();
-    let mut s = spec(
-        dir.path(),
-        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
-        "25%",
-    );
+    let (dir, bed, mut s) = four_receivers("25%");
     s.rate = "10M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
     wait_until_receiving(dir.path(), 0, "file-0.bin");
@@ -438,15 +417,7 @@ fn receivers_exit_when_the_server_dies() {
 /// (nor anyone else's), and its file verifies.
 #[test]
 fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
-    require_root().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    library(&dir.path().join("library"), 4);
-    let bed = Testbed::new(4, 1500).unwrap();
-    let mut s = spec(
-        dir.path(),
-        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
-        "25%",
-    );
+    let (dir, bed, mut s) = four_receivers("25%");
     s.rate = "10M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
     wait_until_receiving(dir.path(), 1, "file-1.bin");

@@ -242,20 +242,23 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
 
     let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session).await?;
     // Late arrivals are told why they cannot join rather than left hanging.
-    let late_catalog = catalog.clone();
+    let (late_catalog, late_token) = (catalog.clone(), cfg.token.clone());
     let late = tokio::spawn(async move {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
-            let catalog = late_catalog.clone();
+            let (catalog, want) = (late_catalog.clone(), late_token.clone());
             tokio::spawn(async move {
-                let reason = match chan.recv().await {
-                    Ok(ToServer::Hello { content, .. }) => match catalog.lock() {
-                        Ok(c) => match c.resolve(&content) {
-                            Err(e) => e.to_string(),
-                            Ok(_) => "the session has already started".to_owned(),
-                        },
-                        Err(_) => "the session has already started".to_owned(),
-                    },
-                    _ => return,
+                let Ok(ToServer::Hello { content, token, .. }) = chan.recv().await else {
+                    return;
+                };
+                // The most useful reason first: a wrong token or unknown content would be
+                // refused in any session.
+                let reason = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                    "missing or wrong token".to_owned()
+                } else {
+                    match catalog.lock().map(|c| c.resolve(&content)) {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the session has already started".to_owned(),
+                    }
                 };
                 let _ = chan.send(&ToReceiver::Refused { reason }).await;
             });
