@@ -29,6 +29,7 @@ fn spec(work: &Path, demands: &[&str], cache: &str) -> SessionSpec {
         rate: "max".into(),
         no_xdp: false,
         mtu: 1500,
+        wait_secs: 60,
         serve_args: vec!["--json".into()],
         receive_args: Vec::new(),
     }
@@ -162,7 +163,10 @@ fn unknown_content_is_refused_while_others_complete() {
         &["file-0.bin", "file-1.bin", "no-such-file.bin", "file-2.bin"],
         "0",
     );
-    s.expect = 3;
+    // The server waits for all four, so the unknown request is surely answered while it
+    // gathers; after the deadline it starts with the three it admitted.
+    s.wait_secs = 4;
+    s.serve_args.extend(["--min-receivers".into(), "3".into()]);
     let run = run_session(&bed, &s).unwrap();
     assert!(run.server_ok, "{}", run.report);
     let bad = &run.receivers[2];
@@ -257,7 +261,9 @@ fn wrong_token_is_refused() {
     library(&dir.path().join("library"), 2);
     let bed = Testbed::new(2, 1500).unwrap();
     let mut s = spec(dir.path(), &["file-0.bin", "file-1.bin"], "0");
-    s.expect = 1;
+    // Wait for both, so the wrong token is surely answered while the server gathers.
+    s.wait_secs = 4;
+    s.serve_args.extend(["--min-receivers".into(), "1".into()]);
     s.serve_args
         .extend(["--token".into(), "open sesame".into()]);
     s.receive_args = vec![

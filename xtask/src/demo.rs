@@ -111,6 +111,8 @@ pub struct SessionSpec {
     pub no_xdp: bool,
     /// Test-host MTU.
     pub mtu: u32,
+    /// Seconds the server waits for the receivers (`--wait`).
+    pub wait_secs: u32,
     /// Extra `light serve` arguments.
     pub serve_args: Vec<String>,
     /// Extra `light receive` arguments per receiver (missing entries: none).
@@ -232,7 +234,8 @@ pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
             "--rate",
             &spec.rate,
         ])
-        .args(["--iface", &bed.server.iface, "--bind", &ctl, "--wait", "60"])
+        .args(["--iface", &bed.server.iface, "--bind", &ctl])
+        .args(["--wait", &spec.wait_secs.to_string()])
         .args(["--mtu", &spec.mtu.to_string()])
         .args(&spec.serve_args)
         .stdout(Stdio::piped())
@@ -320,6 +323,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         rate: a.rate.clone(),
         no_xdp: a.no_xdp,
         mtu: a.mtu,
+        wait_secs: 60,
         serve_args: Vec::new(),
         receive_args: Vec::new(),
     };
