@@ -1,5 +1,6 @@
 //! The end-to-end comparison in quick mode with the peer tools only (udpcast, UFTP): every
-//! run must verify, the loss rule must hit each tool's data port, and the JSON, Markdown and
+//! run must verify (udpcast under loss may instead fail cleanly: its receiver sometimes
+//! aborts), the loss rule must hit each tool's data port, and the JSON, Markdown and
 //! SVG results must be written. Needs root (network namespaces); CI runs as root.
 
 use clap::Parser;
@@ -36,8 +37,21 @@ fn quick_peers_verify_and_write_results() {
     for r in rows {
         let runs = r["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 1);
+        let mut all_verified = true;
         for run in runs {
-            assert_eq!(run["verified"], true, "{r:#}");
+            if run["verified"] != true {
+                // udpcast's receiver now and then aborts under loss ("Receiver error"): the
+                // harness must record that as a clean failure row. Anything else verifies.
+                let error = run["error"].as_str().unwrap_or_default();
+                assert!(
+                    r["tool"] == "udpcast"
+                        && r["scenario"] == "loss"
+                        && error.starts_with("udpcast:"),
+                    "{r:#}"
+                );
+                all_verified = false;
+                continue;
+            }
             assert!(run["wall_s"].as_f64().unwrap() > 0.0);
             // At least the file itself crossed the wire from the server.
             assert!(
@@ -52,7 +66,9 @@ fn quick_peers_verify_and_write_results() {
                 );
             }
         }
-        assert!(r["median"]["goodput_mbit_s"].as_f64().unwrap() > 0.0);
+        if all_verified {
+            assert!(r["median"]["goodput_mbit_s"].as_f64().unwrap() > 0.0);
+        }
     }
     let md = std::fs::read_to_string(out.join("e2e.md")).unwrap();
     assert!(md.contains("| cached | 9000 | 4 | uftp | 1/1 |"), "{md}");
