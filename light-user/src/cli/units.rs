@@ -2,17 +2,20 @@
 
 use crate::coding::CacheBudget;
 
-/// Parses a byte size: `4096`, `64KiB`, `2GiB`, `1.5G` (powers of 1024 for `KiB`…, of
-/// 1000 for `K`/`KB`…).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
+/// Splits `1.5GiB` into `(1.5, "GiB")`.
+fn number_and_unit(t: &str) -> Option<(f64, &str)> {
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB, 2GiB)"))?;
+    Some((num.parse().ok()?, unit))
+}
+
+/// Parses a byte size: `4096`, `64KiB`, `2GiB`, `1.5G` (powers of 1024 for `KiB`…, of
+/// 1000 for `K`/`KB`…).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) =
+        number_and_unit(s.trim()).ok_or(format!("`{s}` is not a size (e.g. 512MiB, 2GiB)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -58,13 +61,8 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         .trim_end_matches("bit/s")
         .trim_end_matches("bps")
         .trim_end_matches("bit");
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a rate (e.g. 800M, 10G, max)"))?;
+    let (n, unit) =
+        number_and_unit(t).ok_or(format!("`{s}` is not a rate (e.g. 800M, 10G, max)"))?;
     let mult = match unit.trim() {
         "" => 1.0,
         "k" => 1e3,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::{
     BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
     server::{HEARTBEAT, SILENCE},
-    session::{PlanAnnouncement, SessionError, field},
+    session::{MappedFile, PlanAnnouncement, SessionError, field},
 };
 use crate::{
     catalog::{Manifest, OutputFile, verify_manifest},
@@ -387,7 +387,7 @@ impl DataJob {
     ) -> Result<ReceiveSummary, SessionError> {
         let plan = plan(&self.announced.input)?;
         let slot = self.announced.slot;
-        let cache = Arc::new(CacheBytes::map(&self.cache_path, self.cache_len)?);
+        let cache = Arc::new(MappedFile::open(&self.cache_path, self.cache_len)?);
         if cache.as_ref().as_ref().len() as u64 != plan.cache_len(slot) {
             return Err(SessionError::Protocol(format!(
                 "cache holds {} bytes, the plan places {}",
@@ -573,41 +573,6 @@ impl DataJob {
             fec_decoded_blocks: stats.blocks_decoded,
             auth_failed,
         })
-    }
-}
-
-/// The receiver's cache file, mapped (an empty cache cannot be mapped).
-enum CacheBytes {
-    Empty,
-    Mapped(memmap2::Mmap),
-}
-
-impl CacheBytes {
-    fn map(path: &std::path::Path, len: u64) -> Result<Self, SessionError> {
-        if len == 0 {
-            return Ok(Self::Empty);
-        }
-        let io = |op| {
-            move |source| SessionError::Io {
-                op,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
-        let f = std::fs::File::open(path).map_err(io("open"))?;
-        // SAFETY: our own cache file, written and synced before, not modified while mapped.
-        Ok(Self::Mapped(
-            unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?,
-        ))
-    }
-}
-
-impl AsRef<[u8]> for CacheBytes {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Self::Empty => &[],
-            Self::Mapped(m) => m,
-        }
     }
 }
 

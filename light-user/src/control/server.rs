@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use super::{
     CacheTag, ServerChannel, ToReceiver, ToServer,
-    session::{PlanAnnouncement, SessionError},
+    session::{MappedFile, PlanAnnouncement, SessionError},
 };
 use crate::{
     catalog::{Catalog, ContentInfo, ServerKey, SessionOutcome, pack},
@@ -615,49 +615,11 @@ async fn gather(
 fn map_files(
     library: &std::path::Path,
     contents: &[ContentInfo],
-) -> Result<Vec<FileMap>, SessionError> {
+) -> Result<Vec<MappedFile>, SessionError> {
     contents
         .iter()
-        .map(|c| {
-            let path = library.join(&c.path);
-            let io = |op| {
-                let path = path.clone();
-                move |source| SessionError::Io { op, path, source }
-            };
-            let f = std::fs::File::open(library.join(&c.path)).map_err(io("open"))?;
-            let len = f.metadata().map_err(io("stat"))?.len();
-            if len != c.size {
-                return Err(SessionError::Protocol(format!(
-                    "{} changed size since it was packed ({} → {len} bytes)",
-                    c.path, c.size
-                )));
-            }
-            if len == 0 {
-                return Ok(FileMap::Empty);
-            }
-            // SAFETY: read-only shared mapping; the library must not be truncated while a
-            // session serves it (documented for operators; the catalog re-packs on start).
-            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?;
-            Ok(FileMap::Mapped(map))
-        })
+        .map(|c| MappedFile::open(&library.join(&c.path), c.size))
         .collect()
-}
-
-/// A library file's bytes.
-enum FileMap {
-    /// Zero-length files cannot be mapped.
-    Empty,
-    /// A read-only mapping.
-    Mapped(memmap2::Mmap),
-}
-
-impl AsRef<[u8]> for FileMap {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            FileMap::Empty => &[],
-            FileMap::Mapped(m) => m,
-        }
-    }
 }
 
 /// Sends a receiver its cache and the announcement, and waits until it is listening.
@@ -666,7 +628,7 @@ async fn place_and_announce(
     mut a: Admitted,
     slot: u32,
     plan: &Plan,
-    files: &Arc<Vec<FileMap>>,
+    files: &Arc<Vec<MappedFile>>,
     input: PlanInput,
     tag: CacheTag,
     catalog: Arc<Mutex<Catalog>>,
@@ -763,7 +725,7 @@ struct PassThread {
 impl PassThread {
     fn spawn(
         plan: Arc<Plan>,
-        files: Arc<Vec<FileMap>>,
+        files: Arc<Vec<MappedFile>>,
         fec: FecParams,
         session: u32,
         tx: TxConfig,

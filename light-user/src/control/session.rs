@@ -102,3 +102,49 @@ pub fn field<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value)
         .map_err(|e| SessionError::Protocol(format!("announce {what}: {e}")))
 }
+
+/// A file's bytes, mapped read-only (an empty file cannot be mapped).
+pub enum MappedFile {
+    /// A zero-length file.
+    Empty,
+    /// A read-only mapping.
+    Mapped(memmap2::Mmap),
+}
+
+impl MappedFile {
+    /// Maps `path`, which must hold exactly `expect` bytes.
+    pub fn open(path: &std::path::Path, expect: u64) -> Result<Self, SessionError> {
+        let io = |op| {
+            move |source| SessionError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let f = std::fs::File::open(path).map_err(io("open"))?;
+        let len = f.metadata().map_err(io("stat"))?.len();
+        if len != expect {
+            return Err(SessionError::Protocol(format!(
+                "{} holds {len} bytes, expected {expect} (changed since it was written?)",
+                path.display()
+            )));
+        }
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        // SAFETY: read-only shared mapping of a file Light owns for the session (a library
+        // file or the receiver's own cache); nothing truncates it while it is mapped.
+        Ok(Self::Mapped(
+            unsafe { memmap2::Mmap::map(&f) }.map_err(io("map"))?,
+        ))
+    }
+}
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Mapped(m) => m,
+        }
+    }
+}
