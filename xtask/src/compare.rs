@@ -119,6 +119,10 @@ pub struct CompareArgs {
     /// Longest one transfer may take, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Keep every run's logs under `<out>/logs` (failed runs' logs always go to
+    /// `<out>/failed-logs`); set `RUST_LOG=info` for Light's timestamped phases.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 fn target_dir() -> PathBuf {
@@ -277,6 +281,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     fs::create_dir_all(&out)?;
     let _ = fs::remove_dir_all(out.join("failed-logs"));
+    let _ = fs::remove_dir_all(out.join("logs"));
     let _tmp;
     let work = match &a.workdir {
         Some(w) => w.clone(),
@@ -325,6 +330,13 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 let name = tools::file_name(i);
                 fs::hard_link(files.join(&name), library.join(&name))
                     .or_else(|_| fs::copy(files.join(&name), library.join(&name)).map(|_| ()))?;
+            }
+            if a
+                .tools
+                .iter()
+                .any(|t| matches!(t, ToolName::Light | ToolName::LightNoxdp))
+            {
+                tools::light_pack(&settings, &library)?;
             }
             let bed = Testbed::new(k, mtu)?;
             if !a.keep_udp_gso {
@@ -379,7 +391,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                             ),
                         }
                         if r.error.is_some() {
-                            keep_logs(&work.join("run"), &out, row, rep);
+                            keep_logs(&work.join("run"), &out.join("failed-logs"), row, rep);
+                        } else if a.keep_logs {
+                            keep_logs(&work.join("run"), &out.join("logs"), row, rep);
                         }
                         row.runs.push(r);
                     }
@@ -490,9 +504,9 @@ fn tool_label(t: &Tool) -> &'static str {
     }
 }
 
-/// Copies a failed run's logs next to the results, for diagnosis.
-fn keep_logs(run: &Path, out: &Path, row: &Row, rep: usize) {
-    let dest = out.join("failed-logs").join(format!(
+/// Copies a run's logs under `dir` (next to the results), for diagnosis.
+fn keep_logs(run: &Path, dir: &Path, row: &Row, rep: usize) {
+    let dest = dir.join(format!(
         "{}-mtu{}-k{}-{}-rep{rep}",
         row.scenario,
         row.mtu,
