@@ -552,4 +552,58 @@ mod tests {
         assert!(!first.is_empty() || !p.derived().is_empty());
         assert!(d.on_message(m, &msg, &cache).unwrap().is_empty());
     }
+
+    #[test]
+    fn pieces_recover_what_whole_messages_do() {
+        let (p, files) = small_plan();
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        for r in 0..p.receivers() {
+            let cache: Vec<u8> = p
+                .cache_segments(r)
+                .iter()
+                .flat_map(|s| {
+                    files[s.file as usize][s.offset as usize..(s.offset + s.len) as usize].to_vec()
+                })
+                .collect();
+            let want = &files[p.demand(r).unwrap() as usize];
+            let mut whole = Decoder::new(&p, r).unwrap();
+            let mut streamed = Decoder::new(&p, r).unwrap();
+            let (mut a, mut b) = (vec![None; want.len()], vec![None; want.len()]);
+            let put = |img: &mut Vec<Option<u8>>, rec: Vec<Recovered>| {
+                for x in rec {
+                    for (i, v) in x.data.into_iter().enumerate() {
+                        img[x.offset as usize + i] = Some(v);
+                    }
+                }
+            };
+            for part in p.cached_parts_of_demand(r) {
+                for i in 0..part.len {
+                    let v = Some(cache[(part.cache_offset + i) as usize]);
+                    a[(part.file_offset + i) as usize] = v;
+                    b[(part.file_offset + i) as usize] = v;
+                }
+            }
+            for &m in whole.wanted_messages().to_vec().iter() {
+                let spec = &p.messages()[m as usize];
+                let mut msg = vec![0; spec.len as usize];
+                encode_message(spec, &refs, &mut msg).unwrap();
+                put(&mut a, whole.on_message(m, &msg, &cache).unwrap());
+                if !streamed.streams(m) {
+                    put(&mut b, streamed.on_message(m, &msg, &cache).unwrap());
+                    continue;
+                }
+                // Odd piece sizes cross the recipe's term and cache-part boundaries.
+                for (i, piece) in msg.chunks(7).enumerate() {
+                    let rec = streamed.take_piece(m, i as u64 * 7, piece.to_vec(), &cache);
+                    put(&mut b, rec.unwrap());
+                }
+                assert!(streamed.take_piece(m, spec.len - 1, vec![0; 2], &cache).is_err());
+                streamed.streamed(m).unwrap();
+            }
+            assert!(whole.is_complete() && streamed.is_complete(), "receiver {r}");
+            let want: Vec<Option<u8>> = want.iter().map(|&v| Some(v)).collect();
+            assert_eq!(a, want, "receiver {r}");
+            assert_eq!(b, want, "receiver {r}");
+        }
+    }
 }
