@@ -342,7 +342,7 @@ impl Decoder {
             Some(r) if self.streams(idx) => r,
             _ => return Err(CodingError::UnknownMessage(idx)),
         };
-        let end = at.checked_add(piece.len() as u64).unwrap_or(u64::MAX);
+        let end = at.saturating_add(piece.len() as u64);
         if end > r.len as u64 {
             return Err(CodingError::Length {
                 what: "message piece end",
@@ -597,10 +597,17 @@ mod tests {
                     let rec = streamed.take_piece(m, i as u64 * 7, piece.to_vec(), &cache);
                     put(&mut b, rec.unwrap());
                 }
-                assert!(streamed.take_piece(m, spec.len - 1, vec![0; 2], &cache).is_err());
+                assert!(
+                    streamed
+                        .take_piece(m, spec.len - 1, vec![0; 2], &cache)
+                        .is_err()
+                );
                 streamed.streamed(m).unwrap();
             }
-            assert!(whole.is_complete() && streamed.is_complete(), "receiver {r}");
+            assert!(
+                whole.is_complete() && streamed.is_complete(),
+                "receiver {r}"
+            );
             let want: Vec<Option<u8>> = want.iter().map(|&v| Some(v)).collect();
             assert_eq!(a, want, "receiver {r}");
             assert_eq!(b, want, "receiver {r}");

@@ -234,7 +234,11 @@ pub fn light_pack(s: &Settings, library: &Path) -> Result<()> {
         .stdout(std::process::Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", s.light_bin.display()))?;
-    ensure!(st.success(), "light pack {} failed: {st}", library.display());
+    ensure!(
+        st.success(),
+        "light pack {} failed: {st}",
+        library.display()
+    );
     Ok(())
 }
 
