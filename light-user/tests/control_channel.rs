@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use light::control::frame::encode_raw_json;
 use light::control::{
-    BLOB_CHUNK, BlobReceiver, CacheTag, ControlError, MAX_JSON_LEN, Phase, ReceiverChannel,
-    ServerChannel, ToReceiver, ToServer, encode_message,
+    BLOB_CHUNK, BlobReceiver, CacheTag, ControlError, DropCounts, MAX_JSON_LEN, Phase,
+    ReceiverChannel, ServerChannel, ToReceiver, ToServer, encode_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,7 +85,10 @@ async fn whole_session_round_trips_every_message() {
             server.send(&announce).await.unwrap();
             assert_eq!(
                 server.recv().await.unwrap(),
-                ToServer::Progress { bytes: 77 }
+                ToServer::Progress {
+                    bytes: 77,
+                    drops: DropCounts::default()
+                }
             );
             assert_eq!(server.recv().await.unwrap(), done);
             server.send(&report).await.unwrap();
@@ -115,7 +118,10 @@ async fn whole_session_round_trips_every_message() {
     assert_eq!(client.recv().await.unwrap(), ToReceiver::Heartbeat);
     assert_eq!(client.recv().await.unwrap(), announce);
     client
-        .send(&ToServer::Progress { bytes: 77 })
+        .send(&ToServer::Progress {
+            bytes: 77,
+            drops: DropCounts::default(),
+        })
         .await
         .unwrap();
     client.send(&done).await.unwrap();

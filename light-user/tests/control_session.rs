@@ -49,6 +49,7 @@ async fn duplicate_receiver_id_is_refused_with_a_reason() {
         done_timeout: Duration::from_secs(5),
         token: None,
         authenticate_packets: true,
+        metrics: None,
     };
     let server = tokio::spawn(serve(cfg));
     let connect = || async {

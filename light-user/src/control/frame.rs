@@ -292,7 +292,14 @@ mod tests {
                 have_cache: None,
             },
             ToServer::CacheResume { offset: u64::MAX },
-            ToServer::Progress { bytes: 12345 },
+            ToServer::Progress {
+                bytes: 12345,
+                drops: super::super::messages::DropCounts {
+                    late: 3,
+                    auth_failed: u64::MAX,
+                    ..Default::default()
+                },
+            },
             ToServer::Done {
                 ok: false,
                 detail: "bad \"quote\" \u{1F600}".into(),

@@ -24,6 +24,22 @@ pub struct CacheTag {
     pub placement: String,
 }
 
+/// Packets a receiver dropped so far, by reason (reported with [`ToServer::Progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DropCounts {
+    /// Rejected by header parsing (truncated, bad magic, version, kind or length).
+    pub malformed: u64,
+    /// Packets of another session.
+    pub foreign_session: u64,
+    /// Shards already held.
+    pub duplicate: u64,
+    /// Shards of blocks or messages already complete.
+    pub late: u64,
+    /// Packets whose MAC did not verify (forged or corrupted).
+    pub auth_failed: u64,
+}
+
 /// Messages a receiver sends to the server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -55,6 +71,9 @@ pub enum ToServer {
     Progress {
         /// Bytes of the requested content decoded so far.
         bytes: u64,
+        /// Packets dropped so far, by reason (absent from older receivers).
+        #[serde(default)]
+        drops: DropCounts,
     },
     /// The receiver finished (successfully or not).
     Done {
@@ -67,6 +86,12 @@ pub enum ToServer {
     },
     /// Keep-alive.
     Heartbeat,
+    /// First message of a status query (instead of `Hello`): the server answers with
+    /// [`ToReceiver::Status`] (or `Refused`) and closes.
+    Status {
+        /// Optional shared-secret token (required when the server has one).
+        token: Option<String>,
+    },
 }
 
 /// Messages the server sends to a receiver.
@@ -116,6 +141,11 @@ pub enum ToReceiver {
     },
     /// Keep-alive.
     Heartbeat,
+    /// Answer to [`ToServer::Status`]: the library, known receivers and the live session.
+    Status {
+        /// The status document (opaque here).
+        status: serde_json::Value,
+    },
 }
 
 /// A control message type of one direction.
@@ -137,6 +167,7 @@ impl Message for ToServer {
         "progress",
         "done",
         "heartbeat",
+        "status",
     ];
 
     fn type_name(&self) -> &'static str {
@@ -148,6 +179,7 @@ impl Message for ToServer {
             Self::Progress { .. } => "progress",
             Self::Done { .. } => "done",
             Self::Heartbeat => "heartbeat",
+            Self::Status { .. } => "status",
         }
     }
 
@@ -178,6 +210,7 @@ impl Message for ToReceiver {
         "announce",
         "report",
         "heartbeat",
+        "status",
     ];
 
     fn type_name(&self) -> &'static str {
@@ -189,6 +222,7 @@ impl Message for ToReceiver {
             Self::Announce { .. } => "announce",
             Self::Report { .. } => "report",
             Self::Heartbeat => "heartbeat",
+            Self::Status { .. } => "status",
         }
     }
 
@@ -242,6 +276,8 @@ pub enum Phase {
     Finished,
     /// Refused: nothing more may be exchanged.
     Closed,
+    /// A status query was made; only the answer (or a refusal) may follow.
+    StatusAsked,
 }
 
 impl Phase {
@@ -255,6 +291,7 @@ impl Phase {
             Self::Announced => "during delivery",
             Self::Finished => "after done",
             Self::Closed => "after refused",
+            Self::StatusAsked => "after a status query",
         }
     }
 
@@ -270,6 +307,7 @@ impl Phase {
         use Phase::*;
         let next = match (self, msg) {
             (AwaitHello, ToServer::Hello { .. }) => Greeted,
+            (AwaitHello, ToServer::Status { .. }) => StatusAsked,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
             (Announced, ToServer::Ready | ToServer::Nack { .. } | ToServer::Progress { .. }) => {
                 Announced
@@ -293,6 +331,7 @@ impl Phase {
             (Closed, m) => return Err(Closed.refuse(m.type_name())),
             (_, ToReceiver::Refused { .. }) => Closed,
             (Greeted, ToReceiver::Accepted { .. }) => Ready,
+            (StatusAsked, ToReceiver::Status { .. }) => Closed,
             (Ready, ToReceiver::CacheBegin { .. }) => CacheOffered,
             (CacheSending, ToReceiver::CacheEnd) => Ready,
             (Ready, ToReceiver::Announce { .. }) => Announced,
@@ -468,7 +507,14 @@ mod tests {
             fec: serde_json::json!(null),
         };
         down(announce, &mut s, &mut c);
-        up(ToServer::Progress { bytes: 5 }, &mut s, &mut c);
+        up(
+            ToServer::Progress {
+                bytes: 5,
+                drops: DropCounts::default(),
+            },
+            &mut s,
+            &mut c,
+        );
         up(
             ToServer::Done {
                 ok: true,
@@ -527,6 +573,46 @@ mod tests {
         .unwrap();
         assert_eq!(c.phase(), Phase::Closed);
         assert!(c.received(&ToReceiver::Heartbeat).is_err());
+    }
+
+    #[test]
+    fn status_query_gets_one_answer_then_closes() {
+        let mut s = ServerExpect::default();
+        let mut c = ClientExpect::default();
+        let ask = ToServer::Status { token: None };
+        c.sent(&ask).unwrap();
+        s.received(&ask).unwrap();
+        // A status connection never joins a session.
+        assert!(s.sent(&ToReceiver::Accepted { session: 1 }).is_err());
+        let answer = ToReceiver::Status {
+            status: serde_json::json!({"phase": "gathering"}),
+        };
+        s.sent(&answer).unwrap();
+        c.received(&answer).unwrap();
+        assert_eq!(c.phase(), Phase::Closed);
+        assert!(c.sent(&ToServer::Ready).is_err());
+        // Not after a hello either.
+        let mut late = ClientExpect::default();
+        late.sent(&hello()).unwrap();
+        assert!(late.sent(&ToServer::Status { token: None }).is_err());
+    }
+
+    #[test]
+    fn progress_without_drop_counts_still_decodes() {
+        let old: ToServer = serde_json::from_str(r#"{"type":"progress","bytes":7}"#).unwrap();
+        assert_eq!(
+            old,
+            ToServer::Progress {
+                bytes: 7,
+                drops: DropCounts::default()
+            }
+        );
+        let partial: ToServer =
+            serde_json::from_str(r#"{"type":"progress","bytes":7,"drops":{"late":3}}"#).unwrap();
+        let ToServer::Progress { drops, .. } = partial else {
+            panic!("{partial:?}")
+        };
+        assert_eq!((drops.late, drops.malformed), (3, 0));
     }
 
     #[test]

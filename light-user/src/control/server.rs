@@ -13,7 +13,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::{
-    CacheTag, ServerChannel, ToReceiver, ToServer,
+    CacheTag, ControlError, ServerChannel, ToReceiver, ToServer,
+    live::{Live, SessionPhase},
     session::{MappedFile, PlanAnnouncement, SessionError},
 };
 use crate::{
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub authenticate_packets: bool,
     /// How long receivers get after the pass to report.
     pub done_timeout: Duration,
+    /// Where to serve Prometheus metrics over HTTP (`None`: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// One receiver's line in the report.
@@ -186,6 +189,18 @@ struct Admitted {
     id: u32,
     content: ContentInfo,
     chan: ServerChannel,
+    /// A message (or error) read while only progress was expected, not yet handled.
+    pending: Option<Result<ToServer, ControlError>>,
+}
+
+impl Admitted {
+    /// The next message: one read ahead if any, else the channel's next. Cancel-safe.
+    async fn next_message(&mut self) -> Result<ToServer, ControlError> {
+        match self.pending.take() {
+            Some(m) => m,
+            None => self.chan.recv().await,
+        }
+    }
 }
 
 /// Payload bytes per packet for an MTU: IPv6 + UDP + Light headers subtracted, rounded
@@ -223,6 +238,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         signer.public_hex()
     );
     let catalog = Arc::new(Mutex::new(catalog));
+    let live = Arc::new(Live::new(&cfg.library));
+    let _metrics = live
+        .start(cfg.metrics)
+        .await
+        .map_err(|source| SessionError::Io {
+            op: "serve metrics on",
+            path: format!("{:?}", cfg.metrics).into(),
+            source,
+        })?;
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
     let listener = TcpListener::bind(cfg.bind)
@@ -240,16 +264,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         cfg.receivers
     );
 
-    let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session).await?;
+    let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session, &live).await?;
     // Late arrivals are told why they cannot join rather than left hanging.
-    let (late_catalog, late_token) = (catalog.clone(), cfg.token.clone());
+    let (late_catalog, late_token, late_live) = (catalog.clone(), cfg.token.clone(), live.clone());
     let late = tokio::spawn(async move {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
-            let (catalog, want) = (late_catalog.clone(), late_token.clone());
+            let (catalog, want, live) =
+                (late_catalog.clone(), late_token.clone(), late_live.clone());
             tokio::spawn(async move {
-                let Ok(ToServer::Hello { content, token, .. }) = chan.recv().await else {
-                    return;
+                let (content, token) = match chan.recv().await {
+                    Ok(ToServer::Hello { content, token, .. }) => (content, token),
+                    Ok(ToServer::Status { token }) => {
+                        return answer_status(chan, token, want, &live).await;
+                    }
+                    _ => return,
                 };
+                live.refused();
                 // The most useful reason first: a wrong token or unknown content would be
                 // refused in any session.
                 let reason = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
@@ -301,6 +331,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         .lock()
         .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))?
         .record_session_start(&input)?;
+    live.session_started(session);
+    live.set_phase(SessionPhase::Placing);
 
     let files = Arc::new(map_files(&cfg.library, &contents)?);
     let library_tag = blake3::hash(&contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>())
@@ -311,6 +343,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     // Place caches and announce, all receivers in parallel; each comes back when Ready.
     let mut tasks = Vec::new();
     for (slot, a) in admitted.into_iter().enumerate() {
+        live.receiver_state(a.id, "placing");
         let (plan, files, input, catalog) =
             (plan.clone(), files.clone(), input.clone(), catalog.clone());
         let tag = CacheTag {
@@ -347,6 +380,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
         match r {
             Ok((a, placed)) => {
+                live.placed(a.id, placed);
                 placed_total += placed;
                 outcomes.push(ReceiverOutcome {
                     receiver: a.id,
@@ -357,13 +391,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 });
                 ready.push((outcomes.len() - 1, a));
             }
-            Err((id, content, e)) => outcomes.push(ReceiverOutcome {
-                receiver: id,
-                content,
-                outcome: format!("failed before the multicast (slot {slot}): {e}"),
-                placed_bytes: 0,
-                seconds: None,
-            }),
+            Err((id, content, e)) => {
+                let outcome = format!("failed before the multicast (slot {slot}): {e}");
+                live.outcome(id, &outcome);
+                outcomes.push(ReceiverOutcome {
+                    receiver: id,
+                    content,
+                    outcome,
+                    placed_bytes: 0,
+                    seconds: None,
+                })
+            }
         }
     }
 
@@ -379,10 +417,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             &name,
         )?));
     }
-    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx, key);
+    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx, key, &live);
+    live.set_phase(SessionPhase::Multicast);
+    for (_, a) in &ready {
+        live.receiver_state(a.id, "receiving");
+    }
     let pass_started = Instant::now();
-    let (back, pass) = with_heartbeats(ready, passes.run(PassCmd::First)).await;
+    let (back, pass) = with_heartbeats(ready, passes.run(PassCmd::First), &live).await;
     let pass = pass?.0;
+    live.pass_done(false, &pass);
     let mut ready = back;
     let pass_secs = pass_started.elapsed().as_secs_f64();
 
@@ -397,7 +440,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     for round in 0..=MAX_REPAIR_ROUNDS {
         let mut waits = Vec::new();
         for (i, mut a) in active.drain(..) {
-            let timeout = cfg.done_timeout;
+            let (timeout, live) = (cfg.done_timeout, live.clone());
             waits.push(tokio::spawn(async move {
                 // Receivers heartbeat every HEARTBEAT; a long silence means they are gone.
                 a.chan.set_timeout(timeout);
@@ -405,9 +448,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 let mut heard = Instant::now();
                 let verdict = loop {
                     tokio::select! {
-                        msg = a.chan.recv() => {
+                        msg = a.next_message() => {
                             heard = Instant::now();
                             match msg {
+                                Ok(ToServer::Progress { bytes, drops }) => {
+                                    live.progress(a.id, bytes, drops);
+                                }
                                 Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
                                 Ok(ToServer::Done { ok: false, detail, .. }) => {
                                     break Verdict::Failed(detail);
@@ -443,6 +489,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 Verdict::Failed(d) => outcomes[i].outcome = format!("failed: {d}"),
                 Verdict::Lost(e) => outcomes[i].outcome = format!("lost: {e}"),
                 Verdict::Nack(blocks) => {
+                    live.receiver_state(a.id, format!("repairing (round {round})"));
                     for [m, b, n] in blocks {
                         let e = requests.entry((m, b)).or_insert(0);
                         *e = (*e).max(n.min(u32::from(u16::MAX)) as u16);
@@ -452,6 +499,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                     continue;
                 }
             }
+            live.outcome(a.id, &outcomes[i].outcome);
             finished.push(a);
         }
         let asked: u64 = requests.values().map(|&n| u64::from(n)).sum();
@@ -464,9 +512,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             break;
         }
         let blocks = requests.len();
-        let (back, repaired) = with_heartbeats(active, passes.run(PassCmd::Repair(requests))).await;
+        live.set_phase(SessionPhase::Repair(round + 1));
+        let (back, repaired) =
+            with_heartbeats(active, passes.run(PassCmd::Repair(requests)), &live).await;
         active = back;
         let (stats, exhausted) = repaired?;
+        live.pass_done(true, &stats);
         tracing::info!(
             round = round + 1,
             receivers = active.len(),
@@ -486,7 +537,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         repair_bytes += stats.udp_bytes;
         repair_packets += stats.packets;
     }
-    finished.extend(active.into_iter().map(|(_, a)| a));
+    finished.extend(active.into_iter().map(|(i, a)| {
+        live.outcome(a.id, &outcomes[i].outcome);
+        a
+    }));
     late.abort();
 
     let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
@@ -522,6 +576,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         let summary = serde_json::to_value(&report).unwrap_or_default();
         let _ = a.chan.send(&ToReceiver::Report { summary }).await;
     }
+    live.session_ended(report.all_verified());
     let outcome = if report.all_verified() {
         SessionOutcome::Completed
     } else {
@@ -555,6 +610,7 @@ async fn gather(
     listener: &TcpListener,
     catalog: &Arc<Mutex<Catalog>>,
     session: u32,
+    live: &Arc<Live>,
 ) -> Result<(Vec<Admitted>, Vec<ReceiverOutcome>), SessionError> {
     let deadline = tokio::time::Instant::now() + cfg.wait;
     let mut admitted: BTreeMap<u32, Admitted> = BTreeMap::new();
@@ -566,12 +622,18 @@ async fn gather(
             _ = tokio::time::sleep_until(deadline) => break,
             acc = ServerChannel::accept(listener) => {
                 let (mut chan, peer) = acc.map_err(SessionError::control("accept"))?;
-                let (tx, catalog, want) = (tx.clone(), catalog.clone(), cfg.token.clone());
+                let (tx, catalog, want, live) = (tx.clone(), catalog.clone(), cfg.token.clone(), live.clone());
                 tokio::spawn(async move {
                     chan.set_timeout(Duration::from_secs(10));
-                    let Ok(ToServer::Hello { receiver, content, token, .. }) = chan.recv().await else {
-                        tracing::info!(%peer, "connection closed before a valid hello");
-                        return;
+                    let (receiver, content, token) = match chan.recv().await {
+                        Ok(ToServer::Hello { receiver, content, token, .. }) => (receiver, content, token),
+                        Ok(ToServer::Status { token }) => {
+                            return answer_status(chan, token, want, &live).await;
+                        }
+                        _ => {
+                            tracing::info!(%peer, "connection closed before a valid hello");
+                            return;
+                        }
                     };
                     let resolved = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
                         Err("missing or wrong token".to_owned())
@@ -587,16 +649,19 @@ async fn gather(
                     if admitted.contains_key(&id) {
                         let reason = format!("receiver id {id} is already in this session");
                         let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
+                        live.refused();
                         refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
                         continue;
                     }
                     chan.send(&ToReceiver::Accepted { session }).await.map_err(SessionError::control("accept a receiver"))?;
                     eprintln!("light: receiver {id} wants {} ({} of {})", info.path, admitted.len() + 1, cfg.receivers);
-                    admitted.insert(id, Admitted { id, content: info, chan });
+                    live.admitted(id, &info.path, info.size);
+                    admitted.insert(id, Admitted { id, content: info, chan, pending: None });
                 }
                 Err(reason) => {
                     let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
                     eprintln!("light: refused receiver {id} ({content}): {reason}");
+                    live.refused();
                     refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
                 }
             },
@@ -730,12 +795,13 @@ impl PassThread {
         session: u32,
         tx: TxConfig,
         key: Option<PacketKey>,
+        live: &Live,
     ) -> Self {
         let (cmds, rx) = std::sync::mpsc::channel::<(PassCmd, PassReply)>();
+        let progress: Progress = live.pass_progress();
         std::thread::spawn(move || {
             let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
             let mut m = Multicaster::new(&plan, &slices, fec, session, tx, key);
-            let progress: Progress = Default::default();
             for (cmd, reply) in rx {
                 let r = match (&mut m, cmd) {
                     (Err(e), _) => Err(TxError::Config(e.to_string())),
@@ -788,23 +854,30 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which the other side of the control channel counts as gone.
 pub const SILENCE: Duration = Duration::from_secs(15);
 
-/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats;
-/// gives the channels back with the work's result. A receiver whose channel fails is
-/// returned all the same: the next read reports it lost.
+/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats
+/// and records its progress reports; gives the channels back with the work's result. A
+/// receiver whose channel fails is returned all the same: the next read reports it lost.
 async fn with_heartbeats<T>(
     receivers: Vec<(usize, Admitted)>,
     work: impl std::future::Future<Output = T>,
+    live: &Arc<Live>,
 ) -> (Vec<(usize, Admitted)>, T) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = receivers
         .into_iter()
         .map(|(i, mut a)| {
-            let mut stop = stop_rx.clone();
+            let (mut stop, live) = (stop_rx.clone(), live.clone());
             tokio::spawn(async move {
                 let mut beat = tokio::time::interval(HEARTBEAT);
                 loop {
                     tokio::select! {
                         _ = stop.changed() => break,
+                        // Anything but progress is left for the round that follows.
+                        msg = a.chan.recv(), if a.pending.is_none() => match msg {
+                            Ok(ToServer::Progress { bytes, drops }) => live.progress(a.id, bytes, drops),
+                            Ok(ToServer::Heartbeat) => {}
+                            other => a.pending = Some(other),
+                        },
                         _ = beat.tick() => {
                             if a.chan.send(&ToReceiver::Heartbeat).await.is_err() {
                                 break;
@@ -825,4 +898,20 @@ async fn with_heartbeats<T>(
         }
     }
     (back, out)
+}
+
+/// Answers a status query (when the token matches) and closes the connection.
+async fn answer_status(
+    mut chan: ServerChannel,
+    token: Option<String>,
+    want: Option<String>,
+    live: &Live,
+) {
+    let _ = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+        let reason = "missing or wrong token".to_owned();
+        chan.send(&ToReceiver::Refused { reason }).await
+    } else {
+        let status = live.status().await;
+        chan.send(&ToReceiver::Status { status }).await
+    };
 }
