@@ -5,6 +5,7 @@ mod pack;
 mod probe;
 mod receive;
 mod serve;
+mod status;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     /// Receive Light packets on a multicast group and report what arrived (diagnostics and
     /// the receive-path benchmark).
     Listen(listen::Args),
+    /// Show a running server's library, known receivers and live session progress.
+    Status(status::Args),
     /// Multicast numbered probe packets through the batched send path (benchmarks).
     Probe(probe::Args),
 }
@@ -47,6 +50,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Listen(a) => listen::run(a),
+        Command::Status(a) => status::run(a),
         Command::Probe(a) => probe::run(a),
     }
 }

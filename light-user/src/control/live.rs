@@ -479,6 +479,40 @@ impl Live {
     }
 }
 
+/// A receiver's drop counters as its data thread last stored them, for the control loop
+/// to report with [`super::ToServer::Progress`].
+#[derive(Debug, Default)]
+pub struct SharedDrops([AtomicU64; 5]);
+
+impl SharedDrops {
+    /// Stores the assembler's counters and the MAC failures.
+    pub fn record(&self, stats: &crate::fec::Stats, auth_failed: u64) {
+        let v = [
+            stats.malformed,
+            stats.foreign_session,
+            stats.duplicate,
+            stats.late,
+            auth_failed,
+        ];
+        for (a, v) in self.0.iter().zip(v) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters as the message carries them.
+    pub fn snapshot(&self) -> DropCounts {
+        let [malformed, foreign_session, duplicate, late, auth_failed] =
+            self.0.each_ref().map(|a| a.load(Ordering::Relaxed));
+        DropCounts {
+            malformed,
+            foreign_session,
+            duplicate,
+            late,
+            auth_failed,
+        }
+    }
+}
+
 /// How often the multicast rate gauge is sampled.
 pub const RATE_SAMPLE: Duration = Duration::from_secs(1);
 
@@ -612,6 +646,31 @@ mod tests {
         live.session_ended(true);
         live.sample_rate(t0 + Duration::from_secs(3));
         assert_eq!(sample(&live.metrics_text(), rate), 0.0);
+    }
+
+    #[test]
+    fn receiver_drops_are_reported_by_reason() {
+        let shared = SharedDrops::default();
+        let stats = crate::fec::Stats {
+            malformed: 1,
+            foreign_session: 2,
+            duplicate: 3,
+            late: 4,
+            bad_index: 99,
+            ..Default::default()
+        };
+        shared.record(&stats, 5);
+        let d = shared.snapshot();
+        assert_eq!(
+            [
+                d.malformed,
+                d.foreign_session,
+                d.duplicate,
+                d.late,
+                d.auth_failed
+            ],
+            [1, 2, 3, 4, 5]
+        );
     }
 
     #[test]

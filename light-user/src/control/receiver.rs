@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::{
     BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
+    live::SharedDrops,
     server::{HEARTBEAT, SILENCE},
     session::{MappedFile, PlanAnnouncement, SessionError, field},
 };
@@ -237,6 +238,18 @@ pub async fn receive(
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (nack_tx, mut nack_rx) = tokio::sync::mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
+    // What the control loop reports to the server every PROGRESS interval.
+    let (done_bytes, drops) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(SharedDrops::default()),
+    );
+    let progress: ProgressFn = {
+        let done_bytes = done_bytes.clone();
+        Box::new(move |done, size| {
+            done_bytes.store(done, Ordering::Relaxed);
+            progress(done, size)
+        })
+    };
     let job = DataJob {
         announced,
         manifest,
@@ -251,6 +264,7 @@ pub async fn receive(
         abort: abort.clone(),
         nacks: nack_tx,
         progress,
+        drops: drops.clone(),
     };
     std::thread::Builder::new()
         .name("light-rx".into())
@@ -274,7 +288,12 @@ pub async fn receive(
     let mut control_open = true;
     let mut lost: Option<String> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut report = tokio::time::interval(PROGRESS);
     let mut heard = Instant::now();
+    let progress_now = || ToServer::Progress {
+        bytes: done_bytes.load(Ordering::Relaxed),
+        drops: drops.snapshot(),
+    };
     let result = loop {
         tokio::select! {
             r = &mut done_rx => {
@@ -285,6 +304,13 @@ pub async fn receive(
                     chan.send(&ToServer::Nack { blocks })
                         .await
                         .map_err(SessionError::control("send nack"))?;
+                }
+            }
+            _ = report.tick(), if control_open => {
+                if let Err(e) = chan.send(&progress_now()).await {
+                    lost = Some(e.to_string());
+                    control_open = false;
+                    abort.store(true, Ordering::Relaxed);
                 }
             }
             _ = beat.tick(), if control_open => {
@@ -324,6 +350,10 @@ pub async fn receive(
         Ok(s) => (true, format!("verified {}", s.path), s.bytes),
         Err(e) => (false, e.to_string(), 0),
     };
+    if control_open {
+        // The final counts, for the server's status and metrics.
+        let _ = chan.send(&progress_now()).await;
+    }
     let _ = chan
         .send(&ToServer::Done {
             ok,
@@ -373,7 +403,12 @@ struct DataJob {
     /// Repair requests for the control channel.
     nacks: tokio::sync::mpsc::UnboundedSender<Vec<[u32; 3]>>,
     progress: ProgressFn,
+    /// Drop counters for the control loop's progress reports.
+    drops: Arc<SharedDrops>,
 }
+
+/// How often a receiver reports its progress to the server during delivery.
+pub const PROGRESS: Duration = Duration::from_secs(1);
 
 /// Silence after an End marker before the receiver reports what it lacks.
 const NACK_QUIET: Duration = Duration::from_millis(300);
@@ -485,6 +520,7 @@ impl DataJob {
                     let _ = msg_tx.send((message, bytes));
                 }
             })?;
+            self.drops.record(&assembler.stats(), auth_failed);
             let now = Instant::now();
             if n > 0 {
                 first.get_or_insert(now);
