@@ -494,3 +494,169 @@ fn pinned_server_key_is_enforced() {
         run.receivers[1].output
     );
 }
+
+/// One GET of the server's metrics endpoint, from inside its namespace; the body.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: light\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    Some(body.to_owned())
+}
+
+/// The value of one series (name with its labels) in an exposition.
+fn series(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// While a paced session runs, `light status --json` shows every receiver's progress (as
+/// the receivers report it) and /metrics answers with the multicast byte counter moving;
+/// with a token on the server, status needs it too.
+#[test]
+fn status_and_metrics_during_a_session() {
+    use std::{
+        collections::BTreeSet,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+    let (_dir, bed, mut s) = four_receivers("25%");
+    // About four seconds of multicast: slow enough to watch.
+    s.rate = "10M".into();
+    let token = "status secret";
+    let metrics: std::net::SocketAddr = format!("{}:9770", bed.server.addr).parse().unwrap();
+    s.serve_args.extend([
+        "--metrics".into(),
+        metrics.to_string(),
+        "--token".into(),
+        token.into(),
+    ]);
+    s.receive_args = vec![vec!["--token".into(), token.into()]; 4];
+    let ctl = format!("{}:7700", bed.server.addr);
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+
+    // Scrape from inside the server's namespace until the first-pass byte counter has
+    // been seen growing, with a non-zero rate gauge along the way.
+    let done = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (ns, done) = (bed.server.ns.clone(), done.clone());
+        std::thread::spawn(move || {
+            xtask::netns::enter(&ns).unwrap();
+            let first = r#"light_multicast_bytes_total{pass="first"}"#;
+            let (mut seen, mut rate, mut last) = (Vec::new(), 0.0f64, String::new());
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline && !done.load(Ordering::Relaxed) {
+                if let Some(body) = scrape(metrics) {
+                    let b = series(&body, first).expect("first-pass byte counter");
+                    rate = rate.max(series(&body, "light_multicast_rate_bits_per_second").unwrap());
+                    if b > 0.0 && seen.last() != Some(&b) {
+                        seen.push(b);
+                    }
+                    last = body;
+                    if seen.len() >= 3 && rate > 0.0 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (seen, rate, last)
+        })
+    };
+
+    // Poll status until every receiver has reported progress mid-delivery.
+    let status = |with_token: bool, json: bool| {
+        let mut c = bed.command(&bed.server, env!("CARGO_BIN_EXE_light"));
+        c.args(["status", "--server", &ctl]);
+        if json {
+            c.arg("--json");
+        }
+        if with_token {
+            c.args(["--token", token]);
+        }
+        c.output().unwrap()
+    };
+    let mut progressed = BTreeSet::new();
+    let mut table = String::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while progressed.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "status never showed progress for every receiver (saw {progressed:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let out = status(true, true);
+        if !out.status.success() {
+            continue; // not listening yet
+        }
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            st["library"]["contents"].as_array().unwrap().len(),
+            4,
+            "{st}"
+        );
+        let session = &st["session"];
+        let phase = session["phase"].as_str().unwrap();
+        if phase != "multicast" && !phase.starts_with("repair") {
+            continue;
+        }
+        let receivers = session["receivers"].as_array().unwrap();
+        assert_eq!(receivers.len(), 4, "{st}");
+        for r in receivers {
+            let (bytes, size) = (r["bytes"].as_u64().unwrap(), r["size"].as_u64().unwrap());
+            assert_eq!(size, F);
+            // Beyond the quarter its cache holds: decoded from the multicast.
+            if r["state"] == "receiving" && bytes > F / 4 && bytes <= size {
+                progressed.insert(r["receiver"].as_u64().unwrap());
+            }
+        }
+        if table.is_empty() {
+            let human = status(true, false);
+            assert!(human.status.success());
+            table = String::from_utf8(human.stdout).unwrap();
+        }
+    }
+    assert!(
+        table.contains("file-0.bin") && table.contains("receiving"),
+        "{table}"
+    );
+    let refused = status(false, true);
+    assert!(!refused.status.success(), "status without the token");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("token"), "{why}");
+
+    let run = running.wait(Duration::from_secs(120)).unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (seen, rate, last) = scraper.join().unwrap();
+    assert_all_identical(&run);
+    assert!(
+        seen.len() >= 2 && seen.windows(2).all(|w| w[0] < w[1]),
+        "bytes multicast seen growing across scrapes: {seen:?}\n{last}"
+    );
+    assert!(rate > 0.0, "the rate gauge moved:\n{last}");
+    let rep = report(&run);
+    assert!(
+        *seen.last().unwrap() <= rep["multicast_bytes"].as_u64().unwrap() as f64,
+        "live counter never exceeds the pass total: {seen:?} vs {rep}"
+    );
+    for i in 1..=4 {
+        let name =
+            format!(r#"light_receiver_packet_drops_total{{receiver="{i}",reason="auth_failed"}}"#);
+        assert!(series(&last, &name).is_some(), "{name} in\n{last}");
+    }
+    assert_eq!(
+        series(&last, "light_receivers_admitted_total"),
+        Some(4.0),
+        "{last}"
+    );
+}
