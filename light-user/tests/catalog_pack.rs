@@ -539,16 +539,35 @@ fn placements_and_slots_persist_and_fill_up() {
     assert_eq!(cat.placement("k1", "{\"a\":2}").unwrap(), (id, def.clone()));
     let (other, _) = cat.placement("k2", "{}").unwrap();
     assert_ne!(other, id);
-    assert_eq!(cat.assign_slot(id, "7", 2).unwrap(), Some(0));
-    assert_eq!(cat.assign_slot(id, "3", 2).unwrap(), Some(1));
-    assert_eq!(cat.assign_slot(id, "7", 2).unwrap(), Some(0), "a receiver keeps its slot");
-    assert_eq!(cat.assign_slot(id, "9", 2).unwrap(), None, "all slots taken");
-    assert_eq!(cat.assign_slot(other, "9", 2).unwrap(), Some(0));
+    let none: &[String] = &[];
+    assert_eq!(cat.assign_slot(id, "7", 2, none).unwrap(), Some((0, None)));
+    cat.upsert_receiver("7", Some("tag-7")).unwrap();
+    assert_eq!(cat.assign_slot(id, "3", 2, none).unwrap(), Some((1, None)));
+    std::thread::sleep(Duration::from_millis(5));
+    cat.upsert_receiver("3", Some("tag-3")).unwrap();
+    assert_eq!(
+        cat.assign_slot(id, "7", 2, none).unwrap(),
+        Some((0, None)),
+        "a receiver keeps its slot"
+    );
+    // All slots taken: a newcomer takes the slot of the holder seen longest ago unless
+    // that one is busy in the session.
+    let busy = ["7".to_owned(), "3".to_owned()];
+    assert_eq!(cat.assign_slot(id, "9", 2, &busy).unwrap(), None);
+    assert_eq!(
+        cat.assign_slot(id, "9", 2, &busy[1..]).unwrap(),
+        Some((0, Some("7".to_owned())))
+    );
+    assert_eq!(cat.receiver("7").unwrap().unwrap().cache_tag, None);
+    assert_eq!(
+        cat.assign_slot(other, "9", 2, none).unwrap(),
+        Some((0, None))
+    );
     drop(cat);
     let cat = Catalog::open(lib.path()).unwrap();
     assert_eq!(
         cat.slot_holders(id).unwrap(),
-        vec![(0, "7".to_owned()), (1, "3".to_owned())]
+        vec![(0, "9".to_owned()), (1, "3".to_owned())]
     );
     cat.integrity_check().unwrap();
 }

@@ -449,18 +449,27 @@ impl Catalog {
     }
 
     /// The slot of `placement` that `receiver` holds, giving it the lowest free one of
-    /// `slots` if it holds none; `None` when all are taken by other receivers.
+    /// `slots` if it holds none. When all are taken, it takes over the slot of the holder
+    /// seen longest ago that is not in `busy` (returned second; its cache record is
+    /// cleared). `None` when every holder is busy.
     pub fn assign_slot(
         &self,
         placement: PlacementId,
         receiver: &str,
         slots: u32,
-    ) -> Result<Option<u32>> {
+        busy: &[String],
+    ) -> Result<Option<(u32, Option<String>)>> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(db_err("starting a slot assignment"))?;
+        // Holders, the one seen longest ago (or never) first.
         let held: Vec<(u32, String)> = {
             let mut stmt = tx
-                .prepare("SELECT slot, receiver FROM placement_slots WHERE placement = ?1")
+                .prepare(
+                    "SELECT p.slot, p.receiver FROM placement_slots p
+                     LEFT JOIN receivers r ON r.id = p.receiver
+                     WHERE p.placement = ?1
+                     ORDER BY COALESCE(r.last_seen_ms, 0), p.slot",
+                )
                 .map_err(db_err("reading placement slots"))?;
             let rows = stmt
                 .query_map([placement], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -469,18 +478,34 @@ impl Catalog {
                 .map_err(db_err("reading placement slots"))?
         };
         if let Some((slot, _)) = held.iter().find(|(_, r)| r == receiver) {
-            return Ok(Some(*slot));
+            return Ok(Some((*slot, None)));
         }
-        let Some(free) = (0..slots).find(|s| held.iter().all(|(h, _)| h != s)) else {
-            return Ok(None);
+        let (slot, evicted) = match (0..slots).find(|s| held.iter().all(|(h, _)| h != s)) {
+            Some(free) => (free, None),
+            None => match held.iter().find(|(_, r)| !busy.contains(r)) {
+                Some((slot, old)) => (*slot, Some(old.clone())),
+                None => return Ok(None),
+            },
         };
+        if let Some(old) = &evicted {
+            tx.execute(
+                "DELETE FROM placement_slots WHERE placement = ?1 AND slot = ?2",
+                params![placement, slot],
+            )
+            .map_err(db_err("freeing a placement slot"))?;
+            tx.execute(
+                "UPDATE receivers SET cache_tag = NULL WHERE id = ?1",
+                params![old],
+            )
+            .map_err(db_err("freeing a placement slot"))?;
+        }
         tx.execute(
             "INSERT INTO placement_slots (placement, slot, receiver) VALUES (?1, ?2, ?3)",
-            params![placement, free, receiver],
+            params![placement, slot, receiver],
         )
         .map_err(db_err("assigning a placement slot"))?;
         tx.commit().map_err(db_err("assigning a placement slot"))?;
-        Ok(Some(free))
+        Ok(Some((slot, evicted)))
     }
 
     /// The receivers holding slots of `placement`, by slot.

@@ -6,10 +6,12 @@
 //! [`channel`] (the thin tokio layer with timeouts).
 
 pub mod blob;
+pub mod cache;
 pub mod channel;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod placement;
 pub mod receiver;
 pub mod server;
 pub mod session;
