@@ -223,21 +223,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerChannel<S> {
         if from > len {
             return Err(ControlError::BadResume { offset: from, len });
         }
+        // Frames stay full-size across piece boundaries (a cache can be many small
+        // segments), so the receiver's resume offsets are whole chunks.
+        let size = BLOB_CHUNK.min(MAX_DATA_CHUNK);
+        let mut chunk = Vec::with_capacity(size);
         let (mut at, mut sent) = (0u64, 0u64);
         for piece in pieces {
             let end = at + piece.len() as u64;
             if end > from {
-                let skip = from.saturating_sub(at) as usize;
-                for chunk in piece[skip..].chunks(BLOB_CHUNK.min(MAX_DATA_CHUNK)) {
-                    self.out.clear();
-                    encode_data(from + sent, chunk, &mut self.out)?;
-                    self.flush_out("send a cache chunk").await?;
-                    sent += chunk.len() as u64;
+                let mut rest = &piece[from.saturating_sub(at) as usize..];
+                while !rest.is_empty() {
+                    let n = rest.len().min(size - chunk.len());
+                    chunk.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    if chunk.len() == size {
+                        sent += self.send_chunk(from + sent, &chunk).await?;
+                        chunk.clear();
+                    }
                 }
             }
             at = end;
         }
+        if !chunk.is_empty() {
+            sent += self.send_chunk(from + sent, &chunk).await?;
+        }
         Ok(sent)
+    }
+
+    async fn send_chunk(&mut self, offset: u64, chunk: &[u8]) -> Result<u64, ControlError> {
+        self.out.clear();
+        encode_data(offset, chunk, &mut self.out)?;
+        self.flush_out("send a cache chunk").await?;
+        Ok(chunk.len() as u64)
     }
 }
 
