@@ -208,20 +208,19 @@ impl Running {
     }
 }
 
-/// Starts a server and one receiver per demand on `bed` and returns at once.
-pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
-    ensure!(
-        spec.demands.len() <= bed.receivers.len(),
-        "more demands than test hosts"
-    );
-    let ctl = format!("{}:7700", bed.server.addr);
+/// The control address servers listen on in the testbed.
+fn control_addr(bed: &Testbed) -> String {
+    format!("{}:7700", bed.server.addr)
+}
+
+/// Starts `light serve` for `spec` on `bed`'s server host; its stdout (the report) is piped.
+pub fn spawn_server(bed: &Testbed, spec: &SessionSpec) -> Result<Child> {
     let expect = if spec.expect == 0 {
         spec.demands.len()
     } else {
         spec.expect
     };
-    let mut procs = Guard(Vec::new());
-    let server = Command::new("ip")
+    Command::new("ip")
         .args(["netns", "exec", &bed.server.ns])
         .arg(&spec.light)
         .args(["serve", "--library"])
@@ -234,15 +233,54 @@ pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
             "--rate",
             &spec.rate,
         ])
-        .args(["--iface", &bed.server.iface, "--bind", &ctl])
+        .args(["--iface", &bed.server.iface, "--bind", &control_addr(bed)])
         .args(["--wait", &spec.wait_secs.to_string()])
         .args(["--mtu", &spec.mtu.to_string()])
         .args(&spec.serve_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("start light serve")?;
-    procs.0.push(server);
+        .context("start light serve")
+}
+
+/// Runs `light cache fill` for every receiver of `spec` on its own host, in parallel, into
+/// the cache directory its `light receive` uses; returns each one's success and output.
+pub fn fill_caches(bed: &Testbed, spec: &SessionSpec) -> Result<Vec<(bool, String)>> {
+    let mut procs = Guard(Vec::new());
+    for (i, r) in bed.receivers.iter().take(spec.demands.len()).enumerate() {
+        procs.0.push(
+            Command::new("ip")
+                .args(["netns", "exec", &r.ns])
+                .arg(&spec.light)
+                .args(["cache", "fill", &(i + 1).to_string(), "--json"])
+                .args(["--server", &control_addr(bed), "--cache-dir"])
+                .arg(spec.work.join(format!("cache-{i}")))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("start light cache fill")?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    procs
+        .0
+        .iter_mut()
+        .map(|c| {
+            let (ok, out, err) = collect(c, deadline)?;
+            Ok((ok, if ok { out } else { err }))
+        })
+        .collect()
+}
+
+/// Starts a server and one receiver per demand on `bed` and returns at once.
+pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
+    ensure!(
+        spec.demands.len() <= bed.receivers.len(),
+        "more demands than test hosts"
+    );
+    let ctl = control_addr(bed);
+    let mut procs = Guard(Vec::new());
+    procs.0.push(spawn_server(bed, spec)?);
     for (i, (r, want)) in bed.receivers.iter().zip(&spec.demands).enumerate() {
         let out = spec.work.join(format!("out-{i}"));
         let cache = spec.work.join(format!("cache-{i}"));

@@ -1,5 +1,6 @@
 //! The `light` command line: argument parsing and the glue from subcommands to the library.
 
+mod cache;
 mod listen;
 mod pack;
 mod probe;
@@ -27,6 +28,9 @@ enum Command {
     Serve(serve::Args),
     /// Ask a server for one content, receive it, verify every chunk and save it.
     Receive(receive::Args),
+    /// Manage receiver caches (fill them ahead of a session).
+    #[command(subcommand)]
+    Cache(cache::Command),
     /// Receive Light packets on a multicast group and report what arrived (diagnostics and
     /// the receive-path benchmark).
     Listen(listen::Args),
@@ -49,6 +53,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Pack(a) => pack::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Receive(a) => receive::run(a),
+        Command::Cache(c) => cache::run(c),
         Command::Listen(a) => listen::run(a),
         Command::Status(a) => status::run(a),
         Command::Probe(a) => probe::run(a),

@@ -206,6 +206,13 @@ impl Live {
         }
     }
 
+    /// A cache was filled outside a session (`light cache fill`).
+    pub fn cache_filled(&self, bytes: u64) {
+        self.counters
+            .placed_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// The receiver reported its progress.
     pub fn progress(&self, receiver: u32, bytes: u64, drops: DropCounts) {
         if let Some(r) = self.state().receivers.get_mut(&receiver) {

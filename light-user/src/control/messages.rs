@@ -55,6 +55,18 @@ pub enum ToServer {
         /// The complete cache the receiver already holds, if any.
         have_cache: Option<CacheTag>,
     },
+    /// First message of `light cache fill`: place this receiver's cache now, outside any
+    /// session (no content is asked for).
+    Fill {
+        /// Receiver id.
+        receiver: u32,
+        /// Optional shared-secret token.
+        token: Option<String>,
+        /// The complete cache the receiver already holds, if any.
+        have_cache: Option<CacheTag>,
+    },
+    /// The cache just transferred is on disk and hashed right (the server records it).
+    CacheStored,
     /// Answer to `CacheBegin`: send the cache from this byte offset (0 for a fresh start).
     CacheResume {
         /// Bytes of the announced blob the receiver already holds and verified in order.
@@ -119,6 +131,11 @@ pub enum ToReceiver {
     },
     /// All data chunks of the blob were sent.
     CacheEnd,
+    /// The cache the receiver holds is the one its slot needs: nothing is transferred.
+    CacheKept {
+        /// What the cache is.
+        tag: CacheTag,
+    },
     /// Where and how the coded multicast will be sent.
     Announce {
         /// Session id.
@@ -161,6 +178,8 @@ pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync 
 impl Message for ToServer {
     const TYPES: &'static [&'static str] = &[
         "hello",
+        "fill",
+        "cache_stored",
         "cache_resume",
         "ready",
         "nack",
@@ -173,6 +192,8 @@ impl Message for ToServer {
     fn type_name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
+            Self::Fill { .. } => "fill",
+            Self::CacheStored => "cache_stored",
             Self::CacheResume { .. } => "cache_resume",
             Self::Ready => "ready",
             Self::Nack { .. } => "nack",
@@ -195,6 +216,10 @@ impl Message for ToServer {
             Self::Hello {
                 have_cache: Some(tag),
                 ..
+            }
+            | Self::Fill {
+                have_cache: Some(tag),
+                ..
             } => validate_tag(tag),
             _ => Ok(()),
         }
@@ -207,6 +232,7 @@ impl Message for ToReceiver {
         "accepted",
         "cache_begin",
         "cache_end",
+        "cache_kept",
         "announce",
         "report",
         "heartbeat",
@@ -219,6 +245,7 @@ impl Message for ToReceiver {
             Self::Accepted { .. } => "accepted",
             Self::CacheBegin { .. } => "cache_begin",
             Self::CacheEnd => "cache_end",
+            Self::CacheKept { .. } => "cache_kept",
             Self::Announce { .. } => "announce",
             Self::Report { .. } => "report",
             Self::Heartbeat => "heartbeat",
@@ -245,6 +272,7 @@ impl Message for ToReceiver {
                 }
                 Ok(())
             }
+            Self::CacheKept { tag } => validate_tag(tag),
             _ => Ok(()),
         }
     }
@@ -306,8 +334,9 @@ impl Phase {
     fn on_to_server(self, msg: &ToServer) -> Result<Self, ControlError> {
         use Phase::*;
         let next = match (self, msg) {
-            (AwaitHello, ToServer::Hello { .. }) => Greeted,
+            (AwaitHello, ToServer::Hello { .. } | ToServer::Fill { .. }) => Greeted,
             (AwaitHello, ToServer::Status { .. }) => StatusAsked,
+            (Ready, ToServer::CacheStored) => Ready,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
             (Announced, ToServer::Ready | ToServer::Nack { .. } | ToServer::Progress { .. }) => {
                 Announced
@@ -334,6 +363,7 @@ impl Phase {
             (StatusAsked, ToReceiver::Status { .. }) => Closed,
             (Ready, ToReceiver::CacheBegin { .. }) => CacheOffered,
             (CacheSending, ToReceiver::CacheEnd) => Ready,
+            (Ready, ToReceiver::CacheKept { .. }) => Ready,
             (Ready, ToReceiver::Announce { .. }) => Announced,
             (Announced | Finished, ToReceiver::Report { .. }) => self,
             (AwaitHello, ToReceiver::Heartbeat) => return Err(self.refuse("heartbeat")),
@@ -532,6 +562,40 @@ mod tests {
             &mut c,
         );
         assert_eq!(s.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn fill_flows_are_accepted_and_kept_caches_skip_the_transfer() {
+        let mut s = ServerExpect::default();
+        let mut c = ClientExpect::default();
+        let fill = ToServer::Fill {
+            receiver: 2,
+            token: None,
+            have_cache: Some(tag()),
+        };
+        c.sent(&fill).unwrap();
+        s.received(&fill).unwrap();
+        for m in [
+            ToReceiver::Accepted { session: 1 },
+            ToReceiver::CacheKept { tag: tag() },
+        ] {
+            s.sent(&m).unwrap();
+            c.received(&m).unwrap();
+        }
+        assert_eq!(s.phase(), Phase::Ready);
+        // A cache that was not offered cannot be resumed; a stored one can be confirmed.
+        assert!(c.sent(&ToServer::CacheResume { offset: 0 }).is_err());
+        c.sent(&ToServer::CacheStored).unwrap();
+        // Kept caches need a valid tag; fills name no content.
+        let bad = ToReceiver::CacheKept {
+            tag: CacheTag {
+                library: String::new(),
+                placement: "p".into(),
+            },
+        };
+        assert!(bad.validate().is_err());
+        let mut fresh = ServerExpect::default();
+        assert!(fresh.received(&ToServer::CacheStored).is_err());
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //! is doing, for [`metrics`] (Prometheus over HTTP) and status queries.
 
 pub mod blob;
+pub mod cache;
 pub mod channel;
 pub mod error;
 pub mod frame;
 pub mod live;
 pub mod messages;
 pub mod metrics;
+pub mod placement;
 pub mod receiver;
 pub mod server;
 pub mod session;

@@ -15,7 +15,8 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
+    ToReceiver, ToServer,
+    cache::{CacheStore, connect},
     live::SharedDrops,
     server::{HEARTBEAT, SILENCE},
     session::{MappedFile, PlanAnnouncement, SessionError, field},
@@ -104,12 +105,26 @@ pub async fn receive(
     progress: ProgressFn,
 ) -> Result<ReceiveSummary, SessionError> {
     let started = Instant::now();
+    // A cache kept from an earlier run is offered only if it still hashes right.
+    let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
+    let (have, discarded) = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.valid()
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    if let Some(why) = discarded {
+        eprintln!(
+            "light: discarded the cache in {}: {why}",
+            cfg.cache_dir.display()
+        );
+    }
     let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
     chan.send(&ToServer::Hello {
         receiver: cfg.receiver,
         content: cfg.content.clone(),
         token: cfg.token.clone(),
-        have_cache: None,
+        have_cache: have.as_ref().map(|(t, _)| t.clone()),
     })
     .await
     .map_err(SessionError::control("send hello"))?;
@@ -125,57 +140,8 @@ pub async fn receive(
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
     chan.set_timeout(Duration::from_secs(120));
-
-    // The cache, written to disk as it streams and verified by BLAKE3.
-    std::fs::create_dir_all(&cfg.cache_dir).map_err(|source| SessionError::Io {
-        op: "create",
-        path: cfg.cache_dir.clone(),
-        source,
-    })?;
-    let cache_path = cfg
-        .cache_dir
-        .join(format!("receiver-{}.cache", cfg.receiver));
-    let cache_len = match chan
-        .recv()
-        .await
-        .map_err(SessionError::control("wait for the cache"))?
-    {
-        ToReceiver::CacheBegin { len, blake3, .. } => {
-            let io = |op| {
-                let path = cache_path.clone();
-                move |source| SessionError::Io { op, path, source }
-            };
-            let (mut state, kept) = resume_cache(&cache_path, len, &blake3)?;
-            if kept > 0 {
-                tracing::info!(kept, len, "reusing the cache already on disk");
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&cache_path)
-                .map_err(io("open"))?;
-            file.set_len(kept).map_err(io("truncate"))?;
-            let mut file = tokio::fs::File::from_std(file);
-            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
-                .await
-                .map_err(io("seek"))?;
-            if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
-                if kept > 0 {
-                    // The kept prefix may be what failed verification: start clean next time.
-                    let _ = std::fs::remove_file(&cache_path);
-                }
-                return Err(SessionError::control("receive the cache")(e));
-            }
-            file.sync_all().await.map_err(io("sync"))?;
-            len
-        }
-        other => {
-            return Err(SessionError::Protocol(format!(
-                "expected the cache, got {other:?}"
-            )));
-        }
-    };
+    let cache_path = store.data_path();
+    let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
     let (group, port, announced, manifest, fec) = match chan
         .recv()
         .await
@@ -368,22 +334,9 @@ pub async fn receive(
     }
     let mut summary = result?;
     summary.seconds = started.elapsed().as_secs_f64();
-    summary.cache_bytes = cache_len;
+    summary.cache_bytes = cache_downloaded;
     summary.receiver = cfg.receiver;
     Ok(summary)
-}
-
-async fn connect(server: SocketAddr, patience: Duration) -> Result<ReceiverChannel, SessionError> {
-    let deadline = Instant::now() + patience;
-    loop {
-        match ReceiverChannel::connect(server).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(SessionError::control(format!("connect to {server}"))(e));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// The data thread's inputs.
@@ -610,42 +563,4 @@ impl DataJob {
             auth_failed,
         })
     }
-}
-
-/// Picks up a cache already on disk: bytes that are a prefix of the announced cache are
-/// kept (the BLAKE3 of the whole, checked at the end of the transfer, vouches for them),
-/// so a restarted receiver only downloads what it lacks. Returns the transfer state and
-/// how many bytes were kept.
-fn resume_cache(
-    path: &std::path::Path,
-    len: u64,
-    blake3_hex: &str,
-) -> Result<(BlobReceiver, u64), SessionError> {
-    let fresh =
-        || BlobReceiver::new(len, blake3_hex).map_err(SessionError::control("cache header"));
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Ok((fresh()?, 0));
-    };
-    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if have == 0 || have > len {
-        return Ok((fresh()?, 0));
-    }
-    let mut state = fresh()?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < have {
-        let n = match std::io::Read::read(&mut f, &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n.min((have - offset) as usize),
-        };
-        if state.accept(offset, &buf[..n]).is_err() {
-            return Ok((fresh()?, 0));
-        }
-        offset += n as u64;
-    }
-    // A complete file that does not hash right is stale or damaged: download it again.
-    if offset == len && state.finish().is_err() {
-        return Ok((fresh()?, 0));
-    }
-    Ok((state, offset))
 }

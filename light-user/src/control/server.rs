@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use super::{
     CacheTag, ControlError, ServerChannel, ToReceiver, ToServer,
     live::{Live, SessionPhase},
+    placement::{Placement, place},
     session::{MappedFile, PlanAnnouncement, SessionError},
 };
 use crate::{
@@ -189,6 +190,10 @@ struct Admitted {
     id: u32,
     content: ContentInfo,
     chan: ServerChannel,
+    /// Its cache slot in the placement.
+    slot: u32,
+    /// The cache it says it holds.
+    have: Option<CacheTag>,
     /// A message (or error) read while only progress was expected, not yet handled.
     pending: Option<Result<ToServer, ControlError>>,
 }
@@ -200,6 +205,91 @@ impl Admitted {
             Some(m) => m,
             None => self.chan.recv().await,
         }
+    }
+}
+
+/// What the connection handlers share with the session.
+struct Shared {
+    catalog: Arc<Mutex<Catalog>>,
+    placement: Arc<Placement>,
+    files: Arc<Vec<MappedFile>>,
+    token: Option<String>,
+    session: u32,
+    /// Receivers admitted to the session: their cache slots are not given away.
+    in_session: Mutex<Vec<u32>>,
+    /// What the session is doing, for status and metrics.
+    live: Arc<Live>,
+}
+
+impl Shared {
+    fn admits(&self, token: Option<&str>) -> bool {
+        self.token.is_none() || same_secret(token, self.token.as_deref())
+    }
+
+    fn slot_of(&self, receiver: u32) -> Result<u32, String> {
+        let busy = self
+            .in_session
+            .lock()
+            .map_err(|_| "session lock poisoned".to_owned())?
+            .clone();
+        let catalog = self
+            .catalog
+            .lock()
+            .map_err(|_| "catalog lock poisoned".to_owned())?;
+        self.placement
+            .slot_of(&catalog, receiver, &busy)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Serves one `light cache fill` connection: the receiver's cache, outside the session.
+async fn serve_fill(
+    mut chan: ServerChannel,
+    receiver: u32,
+    token: Option<String>,
+    have: Option<CacheTag>,
+    shared: &Shared,
+) {
+    let slot = if shared.admits(token.as_deref()) {
+        shared.slot_of(receiver)
+    } else {
+        Err("missing or wrong token".to_owned())
+    };
+    let slot = match slot {
+        Ok(s) => s,
+        Err(reason) => {
+            eprintln!("light: refused to fill receiver {receiver}'s cache: {reason}");
+            let _ = chan.send(&ToReceiver::Refused { reason }).await;
+            return;
+        }
+    };
+    if chan
+        .send(&ToReceiver::Accepted {
+            session: shared.session,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    chan.set_timeout(Duration::from_secs(60));
+    match place(
+        &mut chan,
+        receiver,
+        slot,
+        have.as_ref(),
+        &shared.placement,
+        &shared.files,
+        &shared.catalog,
+    )
+    .await
+    {
+        Ok(0) => eprintln!("light: receiver {receiver}'s cache (slot {slot}) is already valid"),
+        Ok(n) => {
+            shared.live.cache_filled(n);
+            eprintln!("light: filled receiver {receiver}'s cache (slot {slot}, {n} bytes)")
+        }
+        Err(e) => eprintln!("light: filling receiver {receiver}'s cache failed: {e}"),
     }
 }
 
@@ -237,7 +327,6 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         "light: server key {} (receivers pin it with --server-key)",
         signer.public_hex()
     );
-    let catalog = Arc::new(Mutex::new(catalog));
     let live = Arc::new(Live::new(&cfg.library));
     let _metrics = live
         .start(cfg.metrics)
@@ -247,8 +336,34 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             path: format!("{:?}", cfg.metrics).into(),
             source,
         })?;
+    let unfinished = catalog.fail_unfinished_sessions()?;
+    if unfinished > 0 {
+        eprintln!("light: {unfinished} earlier session(s) never ended; recorded as failed");
+    }
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
+    let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
+    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
+    let receivers = u32::try_from(cfg.receivers)
+        .map_err(|_| SessionError::Protocol("too many receivers".into()))?;
+    // The caches of the K receiver slots, as the catalog recorded them (or now records).
+    let placement = Arc::new(Placement::load_or_create(
+        &catalog,
+        &contents,
+        PlanInput {
+            receivers,
+            file_lens: file_lens.clone(),
+            budget: cfg.budget,
+            scheme: cfg.scheme,
+            demands: vec![0; cfg.receivers],
+            seed: rand::random(),
+            // A subfile shorter than one FEC block wastes parity and packets.
+            min_subfile_bytes: (fec.symbol_size * usize::from(fec.source_per_block)) as u64,
+            packet_bytes: (fec.symbol_size * 64) as u64,
+        },
+    )?);
+    let files = Arc::new(map_files(&cfg.library, &contents)?);
+    let catalog = Arc::new(Mutex::new(catalog));
     let listener = TcpListener::bind(cfg.bind)
         .await
         .map_err(|source| SessionError::Io {
@@ -263,29 +378,44 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         cfg.bind,
         cfg.receivers
     );
+    let shared = Arc::new(Shared {
+        catalog: catalog.clone(),
+        placement: placement.clone(),
+        files: files.clone(),
+        token: cfg.token.clone(),
+        session,
+        in_session: Mutex::new(Vec::new()),
+        live: live.clone(),
+    });
 
-    let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session, &live).await?;
-    // Late arrivals are told why they cannot join rather than left hanging.
-    let (late_catalog, late_token, late_live) = (catalog.clone(), cfg.token.clone(), live.clone());
+    let (admitted, mut outcomes) = gather(&cfg, &listener, &shared).await?;
+    // Late arrivals are told why they cannot join rather than left hanging; cache fills
+    // are served all the same.
+    let late_shared = shared.clone();
     let late = tokio::spawn(async move {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
-            let (catalog, want, live) =
-                (late_catalog.clone(), late_token.clone(), late_live.clone());
+            let shared = late_shared.clone();
             tokio::spawn(async move {
+                chan.set_timeout(Duration::from_secs(10));
                 let (content, token) = match chan.recv().await {
                     Ok(ToServer::Hello { content, token, .. }) => (content, token),
+                    Ok(ToServer::Fill {
+                        receiver,
+                        token,
+                        have_cache,
+                    }) => return serve_fill(chan, receiver, token, have_cache, &shared).await,
                     Ok(ToServer::Status { token }) => {
-                        return answer_status(chan, token, want, &live).await;
+                        return answer_status(chan, token, &shared).await;
                     }
                     _ => return,
                 };
-                live.refused();
+                shared.live.refused();
                 // The most useful reason first: a wrong token or unknown content would be
                 // refused in any session.
-                let reason = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                let reason = if !shared.admits(token.as_deref()) {
                     "missing or wrong token".to_owned()
                 } else {
-                    match catalog.lock().map(|c| c.resolve(&content)) {
+                    match shared.catalog.lock().map(|c| c.resolve(&content)) {
                         Ok(Err(e)) => e.to_string(),
                         _ => "the session has already started".to_owned(),
                     }
@@ -295,24 +425,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         }
     });
 
-    let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
     let index_of: BTreeMap<u32, u32> = contents
         .iter()
         .enumerate()
         .map(|(i, c)| (c.id, i as u32))
         .collect();
-    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
-    let input = PlanInput {
-        receivers: admitted.len() as u32,
-        file_lens: file_lens.clone(),
-        budget: cfg.budget,
-        scheme: cfg.scheme,
-        demands: admitted.iter().map(|a| index_of[&a.content.id]).collect(),
-        seed: rand::random(),
-        // A subfile shorter than one FEC block wastes parity and packets.
-        min_subfile_bytes: (fec.symbol_size * usize::from(fec.source_per_block)) as u64,
-        packet_bytes: (fec.symbol_size * 64) as u64,
-    };
+    let mut demands = vec![None; cfg.receivers];
+    for a in &admitted {
+        demands[a.slot as usize] = Some(index_of[&a.content.id]);
+    }
+    let input = placement.session_input(&demands);
     let plan_input = input.clone();
     let plan = Arc::new(
         tokio::task::spawn_blocking(move || plan(&plan_input))
@@ -333,31 +455,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         .record_session_start(&input)?;
     live.session_started(session);
     live.set_phase(SessionPhase::Placing);
+    let present: Vec<u32> = admitted.iter().map(|a| a.slot).collect();
 
-    let files = Arc::new(map_files(&cfg.library, &contents)?);
-    let library_tag = blake3::hash(&contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>())
-        .to_hex()
-        .to_string();
     let start = Instant::now();
 
     // Place caches and announce, all receivers in parallel; each comes back when Ready.
     let mut tasks = Vec::new();
-    for (slot, a) in admitted.into_iter().enumerate() {
+    for a in admitted {
         live.receiver_state(a.id, "placing");
-        let (plan, files, input, catalog) =
-            (plan.clone(), files.clone(), input.clone(), catalog.clone());
-        let tag = CacheTag {
-            library: library_tag.clone(),
-            placement: blake3::hash(
-                format!(
-                    "{}/{slot}",
-                    serde_json::to_string(&input).unwrap_or_default()
-                )
-                .as_bytes(),
-            )
-            .to_hex()
-            .to_string(),
-        };
+        let (shared, input, slot) = (shared.clone(), input.clone(), a.slot);
         let ann = Announcement {
             session,
             group: cfg.group,
@@ -367,9 +473,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             signer: signer.clone(),
         };
         tasks.push(tokio::spawn(async move {
-            let r =
-                place_and_announce(a, slot as u32, &plan, &files, input, tag, catalog, ann).await;
-            (slot, r)
+            (slot, place_and_announce(a, input, &shared, ann).await)
         }));
     }
     let mut ready = Vec::new();
@@ -563,7 +667,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         repair_rounds,
         repair_bytes,
         repair_packets,
-        uncoded_bytes: uncoded_bytes(&plan),
+        uncoded_bytes: uncoded_bytes(&plan, &present),
         placed_bytes: placed_total,
         seconds: start.elapsed().as_secs_f64(),
         multicast_seconds: pass_secs,
@@ -593,10 +697,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     Ok(report)
 }
 
-/// Bytes that sending every receiver the uncached part of its file would take.
-fn uncoded_bytes(plan: &Plan) -> u64 {
-    (0..plan.receivers())
-        .map(|r| {
+/// Bytes that sending every receiver present (by slot) the uncached part of its file would
+/// take.
+fn uncoded_bytes(plan: &Plan, present: &[u32]) -> u64 {
+    present
+        .iter()
+        .map(|&r| {
             let file = plan.demand(r).unwrap_or(0) as usize;
             let cached: u64 = plan.cached_parts_of_demand(r).iter().map(|p| p.len).sum();
             plan.file_lens()[file] - cached
@@ -604,67 +710,82 @@ fn uncoded_bytes(plan: &Plan) -> u64 {
         .sum()
 }
 
-/// Accepts receivers until K are in, or the deadline passes with at least the minimum.
+/// Accepts receivers until K are in, or the deadline passes with at least the minimum;
+/// serves cache fills meanwhile.
 async fn gather(
     cfg: &ServeConfig,
     listener: &TcpListener,
-    catalog: &Arc<Mutex<Catalog>>,
-    session: u32,
-    live: &Arc<Live>,
+    shared: &Arc<Shared>,
 ) -> Result<(Vec<Admitted>, Vec<ReceiverOutcome>), SessionError> {
     let deadline = tokio::time::Instant::now() + cfg.wait;
     let mut admitted: BTreeMap<u32, Admitted> = BTreeMap::new();
     let mut refused = Vec::new();
-    type Hello = (u32, String, ServerChannel, Result<ContentInfo, String>);
+    type Hello = (
+        u32,
+        String,
+        Option<CacheTag>,
+        ServerChannel,
+        Result<ContentInfo, String>,
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Hello>(64);
     while admitted.len() < cfg.receivers {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             acc = ServerChannel::accept(listener) => {
                 let (mut chan, peer) = acc.map_err(SessionError::control("accept"))?;
-                let (tx, catalog, want, live) = (tx.clone(), catalog.clone(), cfg.token.clone(), live.clone());
+                let (tx, shared) = (tx.clone(), shared.clone());
                 tokio::spawn(async move {
                     chan.set_timeout(Duration::from_secs(10));
-                    let (receiver, content, token) = match chan.recv().await {
-                        Ok(ToServer::Hello { receiver, content, token, .. }) => (receiver, content, token),
+                    let (receiver, content, token, have_cache) = match chan.recv().await {
+                        Ok(ToServer::Hello { receiver, content, token, have_cache }) => {
+                            (receiver, content, token, have_cache)
+                        }
+                        Ok(ToServer::Fill { receiver, token, have_cache }) => {
+                            return serve_fill(chan, receiver, token, have_cache, &shared).await;
+                        }
                         Ok(ToServer::Status { token }) => {
-                            return answer_status(chan, token, want, &live).await;
+                            return answer_status(chan, token, &shared).await;
                         }
                         _ => {
                             tracing::info!(%peer, "connection closed before a valid hello");
                             return;
                         }
                     };
-                    let resolved = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                    let resolved = if !shared.admits(token.as_deref()) {
                         Err("missing or wrong token".to_owned())
                     } else {
-                        catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
+                        shared.catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
                             .and_then(|c| c.resolve(&content).map_err(|e| e.to_string()))
                     };
-                    let _ = tx.send((receiver, content, chan, resolved)).await;
+                    let _ = tx.send((receiver, content, have_cache, chan, resolved)).await;
                 });
             }
-            Some((id, content, mut chan, r)) = rx.recv() => match r {
-                Ok(info) => {
+            Some((id, content, have, mut chan, r)) = rx.recv() => {
+                let r = r.and_then(|info| {
                     if admitted.contains_key(&id) {
-                        let reason = format!("receiver id {id} is already in this session");
-                        let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
-                        live.refused();
-                        refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
-                        continue;
+                        return Err(format!("receiver id {id} is already in this session"));
                     }
-                    chan.send(&ToReceiver::Accepted { session }).await.map_err(SessionError::control("accept a receiver"))?;
-                    eprintln!("light: receiver {id} wants {} ({} of {})", info.path, admitted.len() + 1, cfg.receivers);
-                    live.admitted(id, &info.path, info.size);
-                    admitted.insert(id, Admitted { id, content: info, chan, pending: None });
+                    let slot = shared.slot_of(id)?;
+                    if let Ok(mut s) = shared.in_session.lock() {
+                        s.push(id);
+                    }
+                    Ok((info, slot))
+                });
+                match r {
+                    Ok((info, slot)) => {
+                        chan.send(&ToReceiver::Accepted { session: shared.session }).await.map_err(SessionError::control("accept a receiver"))?;
+                        eprintln!("light: receiver {id} wants {} (slot {slot}; {} of {})", info.path, admitted.len() + 1, cfg.receivers);
+                        shared.live.admitted(id, &info.path, info.size);
+                        admitted.insert(id, Admitted { id, content: info, chan, slot, have, pending: None });
+                    }
+                    Err(reason) => {
+                        let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
+                        eprintln!("light: refused receiver {id} ({content}): {reason}");
+                        shared.live.refused();
+                        refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
+                    }
                 }
-                Err(reason) => {
-                    let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
-                    eprintln!("light: refused receiver {id} ({content}): {reason}");
-                    live.refused();
-                    refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
-                }
-            },
+            }
         }
     }
     if admitted.len() < cfg.min_receivers.max(1) {
@@ -687,53 +808,41 @@ fn map_files(
         .collect()
 }
 
-/// Sends a receiver its cache and the announcement, and waits until it is listening.
-#[allow(clippy::too_many_arguments)] // One receiver's whole set-up; splitting it obscures the flow.
+/// Sends a receiver its cache (unless it holds it) and the announcement, and waits until
+/// it is listening. Returns the cache bytes sent.
 async fn place_and_announce(
     mut a: Admitted,
-    slot: u32,
-    plan: &Plan,
-    files: &Arc<Vec<MappedFile>>,
     input: PlanInput,
-    tag: CacheTag,
-    catalog: Arc<Mutex<Catalog>>,
+    shared: &Shared,
     ann: Announcement,
 ) -> Result<(Admitted, u64), (u32, String, SessionError)> {
     let (id, content) = (a.id, a.content.path.clone());
     let fail = |e: SessionError| (id, content.clone(), e);
-    let blob: Vec<u8> = {
-        let mut b = Vec::with_capacity(plan.cache_len(slot) as usize);
-        for s in plan.cache_segments(slot) {
-            let f = files[s.file as usize].as_ref();
-            b.extend_from_slice(&f[s.offset as usize..(s.offset + s.len) as usize]);
-        }
-        b
-    };
-    let hash = blake3::hash(&blob);
     a.chan.set_timeout(Duration::from_secs(60));
-    let from = a
-        .chan
-        .send_cache(&blob, &hash, tag.clone())
-        .await
-        .map_err(|e| fail(SessionError::control("send the cache")(e)))?;
-    // A receiver that kept its cache from an earlier session only needs the rest.
-    let placed = blob.len() as u64 - from;
-    drop(blob);
-    let manifest = catalog
+    let placed = place(
+        &mut a.chan,
+        id,
+        a.slot,
+        a.have.as_ref(),
+        &shared.placement,
+        &shared.files,
+        &shared.catalog,
+    )
+    .await
+    .map_err(fail)?;
+    let manifest = shared
+        .catalog
         .lock()
         .map_err(|_| fail(SessionError::Protocol("catalog lock poisoned".into())))?
         .manifest(a.content.id)
         .map_err(|e| fail(e.into()))?;
-    if let Ok(c) = catalog.lock() {
-        let _ = c.upsert_receiver(&id.to_string(), Some(&tag.placement));
-    }
     let announce = ToReceiver::Announce {
         session: ann.session,
         group: ann.group.to_string(),
         port: ann.port,
         plan: serde_json::to_value(PlanAnnouncement {
             input,
-            slot,
+            slot: a.slot,
             key: ann.key,
             manifest_signature: ann.signer.sign(&manifest),
         })
@@ -901,17 +1010,12 @@ async fn with_heartbeats<T>(
 }
 
 /// Answers a status query (when the token matches) and closes the connection.
-async fn answer_status(
-    mut chan: ServerChannel,
-    token: Option<String>,
-    want: Option<String>,
-    live: &Live,
-) {
-    let _ = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+async fn answer_status(mut chan: ServerChannel, token: Option<String>, shared: &Shared) {
+    let _ = if shared.admits(token.as_deref()) {
+        let status = shared.live.status().await;
+        chan.send(&ToReceiver::Status { status }).await
+    } else {
         let reason = "missing or wrong token".to_owned();
         chan.send(&ToReceiver::Refused { reason }).await
-    } else {
-        let status = live.status().await;
-        chan.send(&ToReceiver::Status { status }).await
     };
 }
