@@ -441,31 +441,25 @@ impl Live {
             "Multicast send rate over the last sampling interval.",
             s.rate_bps,
         );
-        let per_receiver: [(&str, &str, fn(&ReceiverLive) -> u64); 2] = [
+        let per_receiver = [
             (
                 "light_receiver_progress_bytes",
                 "Bytes of its content each receiver reported done.",
-                |r| r.bytes,
+                true,
             ),
             (
                 "light_receiver_size_bytes",
                 "Size of the content each receiver asked for.",
-                |r| r.size,
+                false,
             ),
         ];
-        for (name, help, f) in per_receiver {
+        for (name, help, progress) in per_receiver {
             e.family(name, Kind::Gauge, help);
             for r in s.receivers.values() {
-                e.sample(name, &[("receiver", &r.receiver.to_string())], f(r) as f64);
+                let v = if progress { r.bytes } else { r.size };
+                e.sample(name, &[("receiver", &r.receiver.to_string())], v as f64);
             }
         }
-        let reasons: [(&str, fn(&DropCounts) -> u64); 5] = [
-            ("malformed", |d| d.malformed),
-            ("foreign_session", |d| d.foreign_session),
-            ("duplicate", |d| d.duplicate),
-            ("late", |d| d.late),
-            ("auth_failed", |d| d.auth_failed),
-        ];
         let name = "light_receiver_packet_drops_total";
         e.family(
             name,
@@ -474,12 +468,8 @@ impl Live {
         );
         for r in s.receivers.values() {
             let id = r.receiver.to_string();
-            for (reason, f) in reasons {
-                e.sample(
-                    name,
-                    &[("receiver", &id), ("reason", reason)],
-                    f(&r.drops) as f64,
-                );
+            for (reason, n) in r.drops.by_reason() {
+                e.sample(name, &[("receiver", &id), ("reason", reason)], n as f64);
             }
         }
         e.finish()

@@ -40,6 +40,19 @@ pub struct DropCounts {
     pub auth_failed: u64,
 }
 
+impl DropCounts {
+    /// Each counter with its reason's name.
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("malformed", self.malformed),
+            ("foreign_session", self.foreign_session),
+            ("duplicate", self.duplicate),
+            ("late", self.late),
+            ("auth_failed", self.auth_failed),
+        ]
+    }
+}
+
 /// Messages a receiver sends to the server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
