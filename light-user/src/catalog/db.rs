@@ -694,6 +694,26 @@ impl Catalog {
         })
         .transpose()
     }
+
+    /// Opens an existing catalog read-only, without migrating: for status readers, which
+    /// must never take the write lock a running session needs.
+    pub fn open_read_only(library_dir: impl AsRef<Path>) -> Result<Self> {
+        let library = library_dir.as_ref().to_path_buf();
+        let conn = Connection::open_with_flags(
+            library.join(CATALOG_DIR).join(CATALOG_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err("opening the database read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(db_err("setting the busy timeout"))?;
+        let (found, supported) = (user_version(&conn)?, MIGRATIONS.len() as i64);
+        if found != supported {
+            return Err(CatalogError::Corrupt(format!(
+                "schema version {found}, this build reads {supported} (open it read-write once)"
+            )));
+        }
+        Ok(Self { conn, library })
+    }
 }
 
 /// Inserts a new content row; returns its id (sequential: SQLite picks max(id) + 1, and

@@ -524,9 +524,9 @@ impl Drop for Background {
     }
 }
 
-/// Library contents and known receivers, from a catalog connection of its own.
+/// Library contents and known receivers, from a read-only catalog connection of its own.
 fn catalog_status(library: &Path) -> Result<(Value, Value), CatalogError> {
-    let catalog = Catalog::open(library)?;
+    let catalog = Catalog::open_read_only(library)?;
     let contents: Vec<Value> = catalog
         .contents()?
         .into_iter()
@@ -677,12 +677,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn status_reads_the_catalog_on_its_own_connection() {
+    async fn status_reads_the_catalog_on_its_own_connection_while_a_writer_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.bin"), b"hello").unwrap();
         crate::catalog::pack(dir.path()).unwrap();
         let held = Catalog::open(dir.path()).unwrap();
         held.upsert_receiver("7", Some("tag")).unwrap();
+        // A writer in the middle of a transaction (as a session recording its end) does
+        // not stop the status reader, which sees the last committed state.
+        let writer = rusqlite::Connection::open(dir.path().join(".light/catalog.sqlite")).unwrap();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; UPDATE receivers SET cache_tag = 'uncommitted';")
+            .unwrap();
         let live = Live::new(dir.path());
         live.admitted(7, "x.bin", 5);
         let status = live.status().await;
@@ -691,7 +697,8 @@ mod tests {
         assert_eq!(status["receivers"][0]["id"], "7");
         assert_eq!(status["receivers"][0]["cache_tag"], "tag");
         assert_eq!(status["session"]["receivers"][0]["receiver"], 7);
-        assert!(status["catalog_error"].is_null());
+        assert!(status["catalog_error"].is_null(), "{status}");
+        writer.execute_batch("ROLLBACK").unwrap();
         drop(held);
     }
 }
