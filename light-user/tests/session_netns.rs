@@ -377,20 +377,25 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
 }
 
 /// Waits (bounded) until receiver `i` has opened its output, i.e. it is in the multicast.
+/// Waits until receiver `i` has verified a first chunk of `want` from the multicast: it
+/// is past its set-up and the delivery is under way.
 fn wait_until_receiving(dir: &Path, i: usize, want: &str) {
-    let partial = dir
+    let state = dir
         .join(format!("out-{i}"))
-        .join(format!("{want}.light-partial"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !partial.exists() {
+        .join(format!("{want}{}", light::catalog::STATE_SUFFIX));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The sidecar ends with the verified-chunk bitmap: one byte for F's three chunks.
+    while fs::read(&state)
+        .ok()
+        .and_then(|b| b.last().copied())
+        .is_none_or(|bits| bits == 0)
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "receiver {i} never started receiving"
+            "receiver {i} never verified a chunk"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // The output opens just before the receive path attaches; let the data flow a while.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
 }
 
 fn kill(pid: u32) {
@@ -451,7 +456,7 @@ fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
         .unwrap();
     assert!(
         lost["outcome"].as_str().unwrap().starts_with("lost"),
-        "{lost}"
+        "{lost} in {rep}"
     );
     s.rate = "max".into();
     let second = run_session(&bed, &s).unwrap();
