@@ -281,10 +281,11 @@ fn wrong_token_is_refused() {
     assert!(run.server_ok, "{}", run.report);
 }
 
-/// A host on the LAN copies real packets, corrupts them and multicasts them into the
-/// session: receivers drop them by MAC and every file still verifies.
+/// A host on the LAN copies real packets, replays them, corrupts them and multicasts them
+/// and random junk into the session: receivers drop forgeries by MAC and replays as
+/// duplicates, and every file still verifies.
 #[test]
-fn forged_packets_are_dropped_by_mac() {
+fn forged_and_replayed_packets_are_dropped() {
     use std::{
         net::{Ipv4Addr, UdpSocket},
         sync::{
@@ -298,9 +299,14 @@ fn forged_packets_are_dropped_by_mac() {
     library(&dir.path().join("library"), 4);
     let bed = Testbed::new(5, 1500).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let forged = Arc::new(AtomicU64::new(0));
+    let (forged, replayed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let injector = {
-        let (host, stop, forged) = (bed.receivers[4].clone(), stop.clone(), forged.clone());
+        let (host, stop, forged, replayed) = (
+            bed.receivers[4].clone(),
+            stop.clone(),
+            forged.clone(),
+            replayed.clone(),
+        );
         std::thread::spawn(move || {
             xtask::netns::enter(&host.ns).unwrap();
             let group = Ipv4Addr::new(239, 77, 0, 1);
@@ -316,6 +322,11 @@ fn forged_packets_are_dropped_by_mac() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let Ok(n) = sock.recv(&mut buf) else { continue };
+                // A replay of the genuine packet: its MAC holds, the receivers must see it
+                // as a duplicate (or late) shard and drop it.
+                if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
+                    replayed.fetch_add(1, Ordering::Relaxed);
+                }
                 // Same header (session, indices), corrupted payload, stale MAC.
                 for b in &mut buf[light_common::HEADER_LEN..n] {
                     *b ^= 0x5a;
@@ -324,6 +335,12 @@ fn forged_packets_are_dropped_by_mac() {
                     if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
                         forged.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                // Random bytes of a random length.
+                let len = 1 + rand::random::<u16>() as usize % 1400;
+                let junk: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+                if sock.send_to(&junk, (group, 7700)).is_ok() {
+                    forged.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
@@ -342,18 +359,27 @@ fn forged_packets_are_dropped_by_mac() {
         forged.load(Ordering::Relaxed) > 100,
         "the injector sent forged packets"
     );
-    let dropped: u64 = run
-        .receivers
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<serde_json::Value>(r.output.trim()).unwrap()["auth_failed"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let count = |field: &str| -> u64 {
+        run.receivers
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r.output.trim()).unwrap()[field]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum()
+    };
     assert!(
-        dropped > 0,
+        count("auth_failed") > 0,
         "receivers counted forged packets as MAC failures"
+    );
+    assert!(
+        replayed.load(Ordering::Relaxed) > 100,
+        "the injector replayed"
+    );
+    assert!(
+        count("dropped") > 0,
+        "receivers dropped replayed packets as duplicates"
     );
 }
 
@@ -377,20 +403,25 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
 }
 
 /// Waits (bounded) until receiver `i` has opened its output, i.e. it is in the multicast.
+/// Waits until receiver `i` has verified a first chunk of `want` from the multicast: it
+/// is past its set-up and the delivery is under way.
 fn wait_until_receiving(dir: &Path, i: usize, want: &str) {
-    let partial = dir
+    let state = dir
         .join(format!("out-{i}"))
-        .join(format!("{want}.light-partial"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !partial.exists() {
+        .join(format!("{want}{}", light::catalog::STATE_SUFFIX));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The sidecar ends with the verified-chunk bitmap: one byte for F's three chunks.
+    while fs::read(&state)
+        .ok()
+        .and_then(|b| b.last().copied())
+        .is_none_or(|bits| bits == 0)
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "receiver {i} never started receiving"
+            "receiver {i} never verified a chunk"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // The output opens just before the receive path attaches; let the data flow a while.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
 }
 
 fn kill(pid: u32) {
@@ -451,7 +482,7 @@ fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
         .unwrap();
     assert!(
         lost["outcome"].as_str().unwrap().starts_with("lost"),
-        "{lost}"
+        "{lost} in {rep}"
     );
     s.rate = "max".into();
     let second = run_session(&bed, &s).unwrap();
