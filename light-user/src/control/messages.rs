@@ -676,7 +676,9 @@ mod tests {
 
     #[test]
     fn progress_without_drop_counts_still_decodes() {
-        let old: ToServer = serde_json::from_str(r#"{"type":"progress","bytes":7}"#).unwrap();
+        // Through the wire decoder, as an older receiver would send it.
+        let mut wire = br#"{"v":1,"type":"progress","bytes":7}"#.to_vec();
+        let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
         assert_eq!(
             old,
             ToServer::Progress {
