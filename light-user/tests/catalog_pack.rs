@@ -301,6 +301,27 @@ fn resolve_accepts_ids_and_paths() {
     ));
     let msg = cat.resolve("nope").unwrap_err().to_string();
     assert!(msg.contains("nope"), "{msg}");
+    // Directories expand to the contents under them; files resolve to themselves.
+    let paths = |name: &str| -> Vec<String> {
+        cat.resolve_many(name)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.path)
+            .collect()
+    };
+    assert_eq!(paths("a"), ["a/b"]);
+    assert_eq!(paths("a/"), ["a/b"]);
+    assert_eq!(paths("c"), ["c"]);
+    assert_eq!(paths("."), ["7", "a/b", "c"]);
+    for unknown in ["", "/", "a/b/", "b", "/a"] {
+        assert!(
+            matches!(
+                cat.resolve_many(unknown),
+                Err(CatalogError::UnknownContent(_))
+            ),
+            "{unknown:?}"
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn hello(receiver: u32) -> ToServer {
         content: "movie-7".into(),
         token: Some("t".into()),
         have_cache: None,
+        more: Vec::new(),
     }
 }
 
@@ -76,7 +77,10 @@ async fn whole_session_round_trips_every_message() {
             assert_eq!(server.recv().await.unwrap(), hello(5));
             assert_eq!(server.recv().await.unwrap(), ToServer::Heartbeat);
             server
-                .send(&ToReceiver::Accepted { session: 9 })
+                .send(&ToReceiver::Accepted {
+                    session: 9,
+                    contents: Vec::new(),
+                })
                 .await
                 .unwrap();
             // The blob goes out as uneven pieces, as the server sends file segments.
@@ -102,7 +106,10 @@ async fn whole_session_round_trips_every_message() {
     client.send(&ToServer::Heartbeat).await.unwrap();
     assert_eq!(
         client.recv().await.unwrap(),
-        ToReceiver::Accepted { session: 9 }
+        ToReceiver::Accepted {
+            session: 9,
+            contents: Vec::new()
+        }
     );
     let ToReceiver::CacheBegin {
         len,
@@ -331,7 +338,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     assert!(matches!(ch.recv().await?, ToServer::Hello { .. }));
-    ch.send(&ToReceiver::Accepted { session: 1 }).await?;
+    ch.send(&ToReceiver::Accepted {
+        session: 1,
+        contents: Vec::new(),
+    })
+    .await?;
     let pieces: Vec<&[u8]> = blob.chunks(77_777).collect();
     ch.send_cache(&pieces, &hash, tag()).await
 }
@@ -344,7 +355,13 @@ async fn fetch_cache(
 ) -> Result<(), ControlError> {
     let mut ch = ReceiverChannel::connect(addr).await?;
     ch.send(&hello(2)).await?;
-    assert_eq!(ch.recv().await?, ToReceiver::Accepted { session: 1 });
+    assert_eq!(
+        ch.recv().await?,
+        ToReceiver::Accepted {
+            session: 1,
+            contents: Vec::new()
+        }
+    );
     let ToReceiver::CacheBegin { len, blake3, .. } = ch.recv().await? else {
         panic!("expected cache_begin")
     };
@@ -431,7 +448,10 @@ async fn resume_offset_past_the_end_is_refused() {
     let srv = tokio::spawn(async move {
         server.recv().await.unwrap();
         server
-            .send(&ToReceiver::Accepted { session: 1 })
+            .send(&ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            })
             .await
             .unwrap();
         let blob = [1u8; 10];

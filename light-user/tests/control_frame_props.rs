@@ -36,6 +36,7 @@ fn arb_msg() -> impl Strategy<Value = ToServer> {
                     content: c,
                     token: t,
                     have_cache: None,
+                    more: Vec::new(),
                 }
             }),
         any::<u64>().prop_map(|offset| ToServer::CacheResume { offset }),

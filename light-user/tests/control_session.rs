@@ -18,6 +18,7 @@ fn hello(receiver: u32, content: &str) -> ToServer {
         content: content.into(),
         token: None,
         have_cache: None,
+        more: Vec::new(),
     }
 }
 

@@ -338,6 +338,41 @@ impl Catalog {
         }
     }
 
+    /// Resolves `name` like [`Catalog::resolve`], or, when it names a directory of the
+    /// library (`films` or `films/`), to every current content under it, by path.
+    pub fn resolve_many(&self, name: &str) -> Result<Vec<ContentInfo>> {
+        let err = match self.resolve(name) {
+            Ok(c) => return Ok(vec![c]),
+            Err(e @ CatalogError::UnknownContent(_)) => e,
+            Err(e) => return Err(e),
+        };
+        // "." (or "./") is the whole library.
+        let dir = name
+            .strip_prefix("./")
+            .unwrap_or(name)
+            .trim_end_matches('/');
+        let dir = if dir == "." { "" } else { dir };
+        if dir.is_empty() && !name.starts_with('.') {
+            return Err(err);
+        }
+        let mut under: Vec<ContentInfo> = self
+            .contents()?
+            .into_iter()
+            .filter(|c| {
+                !c.removed
+                    && (dir.is_empty()
+                        || c.path
+                            .strip_prefix(dir)
+                            .is_some_and(|rest| rest.starts_with('/')))
+            })
+            .collect();
+        if under.is_empty() {
+            return Err(err);
+        }
+        under.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(under)
+    }
+
     /// Records the start of a session with its plan; returns the new session id.
     pub fn record_session_start(&self, plan: &impl Serialize) -> Result<SessionId> {
         let plan_json = serde_json::to_string(plan).map_err(CatalogError::Plan)?;

@@ -284,12 +284,14 @@ mod tests {
                     library: "2026-11".into(),
                     placement: "ff00".into(),
                 }),
+                more: vec!["films/".into(), "42".into()],
             },
             ToServer::Hello {
                 receiver: 0,
                 content: "x".into(),
                 token: None,
                 have_cache: None,
+                more: Vec::new(),
             },
             ToServer::CacheResume { offset: u64::MAX },
             ToServer::Progress {
@@ -314,7 +316,10 @@ mod tests {
             ToReceiver::Refused {
                 reason: "session full".into(),
             },
-            ToReceiver::Accepted { session: 42 },
+            ToReceiver::Accepted {
+                session: 42,
+                contents: Vec::new(),
+            },
             ToReceiver::CacheBegin {
                 len: 1 << 33,
                 blake3: blake3::hash(b"abc").to_hex().to_string(),

@@ -188,6 +188,15 @@ impl Live {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `receiver` moves on to its next content (a session delivering several).
+    pub fn content(&self, receiver: u32, content: &str, size: u64) {
+        if let Some(r) = self.state().receivers.get_mut(&receiver) {
+            content.clone_into(&mut r.content);
+            r.size = size;
+            r.bytes = 0;
+        }
+    }
+
     /// Sets an admitted receiver's state.
     pub fn receiver_state(&self, receiver: u32, state: impl Into<String>) {
         if let Some(r) = self.state().receivers.get_mut(&receiver) {

@@ -12,6 +12,9 @@ use super::error::ControlError;
 /// Version carried as `"v"` in every control message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most contents one receiver may ask for in a session (bounds the rounds it adds).
+pub const MAX_CONTENTS: usize = 256;
+
 /// Most blocks one `Nack` may list (bounds the server's repair work per message).
 pub const MAX_NACK_BLOCKS: usize = 16_384;
 
@@ -67,6 +70,9 @@ pub enum ToServer {
         token: Option<String>,
         /// The complete cache the receiver already holds, if any.
         have_cache: Option<CacheTag>,
+        /// Further contents wanted in the same session (ids, paths or directories).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more: Vec<String>,
     },
     /// First message of `light cache fill`: place this receiver's cache now, outside any
     /// session (no content is asked for).
@@ -132,6 +138,10 @@ pub enum ToReceiver {
     Accepted {
         /// Session id.
         session: u32,
+        /// Library paths of the contents this session delivers to the receiver, in order
+        /// (directories expanded; on a rejoin, only those not yet delivered).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        contents: Vec<String>,
     },
     /// A cache blob follows as data chunks once the receiver answers with `CacheResume`.
     CacheBegin {
@@ -223,9 +233,15 @@ impl Message for ToServer {
                 "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
                 blocks.len()
             )),
-            Self::Hello { content, .. } if content.is_empty() => {
+            Self::Hello { content, more, .. }
+                if content.is_empty() || more.iter().any(String::is_empty) =>
+            {
                 Err("content id is empty".to_owned())
             }
+            Self::Hello { more, .. } if more.len() >= MAX_CONTENTS => Err(format!(
+                "hello asks for {} contents, more than the {MAX_CONTENTS} allowed",
+                more.len() + 1
+            )),
             Self::Hello {
                 have_cache: Some(tag),
                 ..
@@ -502,6 +518,7 @@ mod tests {
             content: "movie".into(),
             token: None,
             have_cache: None,
+            more: Vec::new(),
         }
     }
 
@@ -529,7 +546,14 @@ mod tests {
         };
         up(hello(), &mut s, &mut c);
         up(ToServer::Heartbeat, &mut s, &mut c);
-        down(ToReceiver::Accepted { session: 1 }, &mut s, &mut c);
+        down(
+            ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            },
+            &mut s,
+            &mut c,
+        );
         let begin = ToReceiver::CacheBegin {
             len: 10,
             blake3: blake3::hash(b"x").to_hex().to_string(),
@@ -589,7 +613,10 @@ mod tests {
         c.sent(&fill).unwrap();
         s.received(&fill).unwrap();
         for m in [
-            ToReceiver::Accepted { session: 1 },
+            ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            },
             ToReceiver::CacheKept { tag: tag() },
         ] {
             s.sent(&m).unwrap();
@@ -660,7 +687,13 @@ mod tests {
         c.sent(&ask).unwrap();
         s.received(&ask).unwrap();
         // A status connection never joins a session.
-        assert!(s.sent(&ToReceiver::Accepted { session: 1 }).is_err());
+        assert!(
+            s.sent(&ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new()
+            })
+            .is_err()
+        );
         let answer = ToReceiver::Status {
             status: serde_json::json!({"phase": "gathering"}),
         };

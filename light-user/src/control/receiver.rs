@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    ToReceiver, ToServer,
+    Message, ReceiverChannel, ToReceiver, ToServer,
     cache::{CacheStore, connect},
     live::SharedDrops,
     server::{HEARTBEAT, SILENCE},
@@ -36,8 +36,8 @@ use crate::{
 pub struct ReceiveConfig {
     /// This receiver's id.
     pub receiver: u32,
-    /// Content id or library-relative path.
-    pub content: String,
+    /// Contents to receive, in order: ids, library-relative paths or directories.
+    pub contents: Vec<String>,
     /// Server control address.
     pub server: SocketAddr,
     /// Where the file is written (under its library path).
@@ -95,15 +95,20 @@ pub struct ReceiveSummary {
     pub auth_failed: u64,
 }
 
-/// Live progress for a progress bar: `(file bytes done, file size)`.
-pub type ProgressFn = Box<dyn Fn(u64, u64) + Send>;
+/// Live progress for a progress bar: `(content, file bytes done, file size)`.
+pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
-/// Runs one reception to the end. `stop` aborts it cleanly (Ctrl-C).
+/// Runs one reception to the end: every content asked for, in the order the server
+/// delivers them. `stop` aborts it cleanly (Ctrl-C).
 pub async fn receive(
     cfg: ReceiveConfig,
     stop: Arc<AtomicBool>,
     progress: ProgressFn,
-) -> Result<ReceiveSummary, SessionError> {
+) -> Result<Vec<ReceiveSummary>, SessionError> {
+    let (first, more) = cfg
+        .contents
+        .split_first()
+        .ok_or_else(|| SessionError::Protocol("no content asked for".into()))?;
     let started = Instant::now();
     // A cache kept from an earlier run is offered only if it still hashes right.
     let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
@@ -122,38 +127,90 @@ pub async fn receive(
     let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
     chan.send(&ToServer::Hello {
         receiver: cfg.receiver,
-        content: cfg.content.clone(),
+        content: first.clone(),
         token: cfg.token.clone(),
         have_cache: have.as_ref().map(|(t, _)| t.clone()),
+        more: more.to_vec(),
     })
     .await
     .map_err(SessionError::control("send hello"))?;
     // The server answers once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
-    let session = match chan
+    let contents = match chan
         .recv()
         .await
         .map_err(SessionError::control("wait for the session"))?
     {
-        ToReceiver::Accepted { session } => session,
+        ToReceiver::Accepted { contents, .. } => contents,
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
     chan.set_timeout(Duration::from_secs(120));
     let cache_path = store.data_path();
     let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
-    let (group, port, announced, manifest, fec) = match chan
-        .recv()
-        .await
-        .map_err(SessionError::control("wait for the announcement"))?
-    {
+    // Older servers name no contents: the one asked for.
+    let contents = if contents.is_empty() {
+        vec![first.clone()]
+    } else {
+        contents
+    };
+    let cache = (cache_path, cache_len);
+    let mut summaries = Vec::new();
+    // One announcement per content (a server that names none delivers one).
+    for _ in 0..contents.len().max(1) {
+        let announce = next_announcement(&mut chan).await?;
+        let mut summary =
+            receive_content(&cfg, &mut chan, announce, &cache, stop.clone(), &progress).await?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.cache_bytes = cache_downloaded;
+        summary.receiver = cfg.receiver;
+        eprintln!("light: verified {}", summary.path);
+        summaries.push(summary);
+    }
+    // The report is a courtesy; do not fail verified files for it.
+    chan.set_timeout(Duration::from_secs(5));
+    while let Ok(ToReceiver::Heartbeat) = chan.recv().await {}
+    Ok(summaries)
+}
+
+/// Waits for the server to announce the next content (it keeps the connection alive with
+/// heartbeats while other receivers' rounds run).
+async fn next_announcement(chan: &mut ReceiverChannel) -> Result<ToReceiver, SessionError> {
+    chan.set_timeout(SILENCE);
+    loop {
+        match chan.recv().await {
+            Ok(ToReceiver::Heartbeat) => continue,
+            Ok(a @ ToReceiver::Announce { .. }) => return Ok(a),
+            Ok(ToReceiver::Refused { reason }) => return Err(SessionError::Refused(reason)),
+            Ok(other) => {
+                return Err(SessionError::Incomplete(format!(
+                    "the session ended before every content was delivered ({})",
+                    other.type_name()
+                )));
+            }
+            Err(e) => return Err(SessionError::ServerLost(e.to_string())),
+        }
+    }
+}
+
+/// Receives one announced content: listens, decodes, verifies, asks for repair, and tells
+/// the server how it went.
+async fn receive_content(
+    cfg: &ReceiveConfig,
+    chan: &mut ReceiverChannel,
+    announce: ToReceiver,
+    (cache_path, cache_len): &(PathBuf, u64),
+    stop: Arc<AtomicBool>,
+    progress: &ProgressFn,
+) -> Result<ReceiveSummary, SessionError> {
+    let (session, group, port, announced, manifest, fec) = match announce {
         ToReceiver::Announce {
+            session,
             group,
             port,
             plan,
             manifest,
             fec,
-            ..
         } => {
             let group: IpAddr = group
                 .parse()
@@ -174,7 +231,7 @@ pub async fn receive(
                 )));
             }
             let fec: FecParams = field(fec, "fec")?;
-            (group, port, announced, manifest, fec)
+            (session, group, port, announced, manifest, fec)
         }
         other => {
             return Err(SessionError::Protocol(format!(
@@ -210,10 +267,10 @@ pub async fn receive(
         Arc::new(SharedDrops::default()),
     );
     let progress: ProgressFn = {
-        let done_bytes = done_bytes.clone();
-        Box::new(move |done, size| {
+        let (done_bytes, progress) = (done_bytes.clone(), progress.clone());
+        Arc::new(move |content, done, size| {
             done_bytes.store(done, Ordering::Relaxed);
-            progress(done, size)
+            progress(content, done, size)
         })
     };
     let job = DataJob {
@@ -222,7 +279,7 @@ pub async fn receive(
         fec,
         session,
         cache_path: cache_path.clone(),
-        cache_len,
+        cache_len: *cache_len,
         out: cfg.out.clone(),
         rx,
         idle: cfg.idle_timeout,
@@ -327,16 +384,7 @@ pub async fn receive(
             bytes_received: bytes,
         })
         .await;
-    if ok {
-        // The report is a courtesy; do not fail a verified file for it.
-        chan.set_timeout(Duration::from_secs(5));
-        let _ = chan.recv().await;
-    }
-    let mut summary = result?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.cache_bytes = cache_downloaded;
-    summary.receiver = cfg.receiver;
-    Ok(summary)
+    result
 }
 
 /// The data thread's inputs.
@@ -402,7 +450,7 @@ impl DataJob {
                 .iter()
                 .map(|&m| (m, lens[m as usize].len)),
         )?;
-        (self.progress)(from_cache, size);
+        (self.progress)(&content, from_cache, size);
 
         // Decoding and writing run on their own thread, so a completed message (up to a
         // subfile long) never stalls the ring the packets arrive on.
@@ -479,7 +527,7 @@ impl DataJob {
                 first.get_or_insert(now);
                 last_packet = now;
                 idle_nacked = false;
-                (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+                (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
             }
             let quiet = now - last_packet;
             // A pass ended (a newer End marker than the last one answered), or everything
@@ -515,7 +563,7 @@ impl DataJob {
         let (out, decoder) = writer
             .join()
             .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
-        (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+        (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
         let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
         let stats = assembler.stats();
         if self.stop.load(Ordering::Relaxed) {
