@@ -403,22 +403,29 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
 }
 
 /// Waits (bounded) until receiver `i` has opened its output, i.e. it is in the multicast.
-/// Waits until receiver `i` has verified a first chunk of `want` from the multicast: it
-/// is past its set-up and the delivery is under way.
-fn wait_until_receiving(dir: &Path, i: usize, want: &str) {
+/// Whether receiver `i` has verified a chunk of `want` (the output's sidecar ends with
+/// the verified-chunk bitmap: one byte for F's three chunks).
+fn verified_a_chunk(dir: &Path, i: usize, want: &str) -> bool {
     let state = dir
         .join(format!("out-{i}"))
         .join(format!("{want}{}", light::catalog::STATE_SUFFIX));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // The sidecar ends with the verified-chunk bitmap: one byte for F's three chunks.
-    while fs::read(&state)
+    fs::read(state)
         .ok()
         .and_then(|b| b.last().copied())
-        .is_none_or(|bits| bits == 0)
+        .is_some_and(|bits| bits != 0)
+}
+
+/// Waits until one of `receivers` (index, content) has verified a first chunk from the
+/// multicast: it is past its set-up and the delivery is under way.
+fn wait_until_receiving(dir: &Path, receivers: &[(usize, &str)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !receivers
+        .iter()
+        .any(|&(i, want)| verified_a_chunk(dir, i, want))
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "receiver {i} never verified a chunk"
+            "no receiver of {receivers:?} verified a chunk"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -435,7 +442,14 @@ fn receivers_exit_when_the_server_dies() {
     let (dir, bed, mut s) = four_receivers("25%");
     s.rate = "10M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
-    wait_until_receiving(dir.path(), 0, "file-0.bin");
+    // The first chunk anyone verifies comes well before anyone's last.
+    let all = [
+        (0, "file-0.bin"),
+        (1, "file-1.bin"),
+        (2, "file-2.bin"),
+        (3, "file-3.bin"),
+    ];
+    wait_until_receiving(dir.path(), &all);
     kill(running.server_pid());
     let started = std::time::Instant::now();
     let run = running.wait(std::time::Duration::from_secs(40)).unwrap();
@@ -455,9 +469,9 @@ fn receivers_exit_when_the_server_dies() {
 #[test]
 fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
     let (dir, bed, mut s) = four_receivers("25%");
-    s.rate = "10M".into();
+    s.rate = "5M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
-    wait_until_receiving(dir.path(), 1, "file-1.bin");
+    wait_until_receiving(dir.path(), &[(1, "file-1.bin")]);
     kill(running.receiver_pid(1));
     let first = running.wait(std::time::Duration::from_secs(90)).unwrap();
     assert!(!first.receivers[1].ok);
@@ -760,7 +774,7 @@ fn the_catalog_survives_a_server_kill_mid_session() {
     let (dir, bed, mut s) = four_receivers("25%");
     s.rate = "10M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
-    wait_until_receiving(dir.path(), 0, "file-0.bin");
+    wait_until_receiving(dir.path(), &[(0, "file-0.bin")]);
     kill(running.server_pid());
     let _ = running.wait(std::time::Duration::from_secs(40)).unwrap();
     {
@@ -785,4 +799,79 @@ fn the_catalog_survives_a_server_kill_mid_session() {
         cat.session(2).unwrap().outcome,
         Some(SessionOutcome::Completed)
     );
+}
+
+/// A receiver asks for several contents, a directory among them: the session runs one
+/// delivery round per content on the one placement, and every file verifies.
+#[test]
+fn several_contents_and_a_directory_per_receiver() {
+    let (dir, bed, mut s) = four_receivers("25%");
+    let set = dir.path().join("library").join("set");
+    fs::create_dir_all(&set).unwrap();
+    for (i, name) in ["a.bin", "b.bin"].iter().enumerate() {
+        fill_file(&set.join(name), F, 50 + i as u64).unwrap();
+    }
+    s.receive_args = vec![
+        vec!["-c".into(), "file-3.bin".into()],
+        vec!["-c".into(), "set".into()],
+    ];
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    let rows = rep["receivers"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        4 + 1 + 2,
+        "one report line per (receiver, content)"
+    );
+    assert!(rows.iter().all(|r| r["outcome"] == "verified"), "{rep}");
+    let lib = dir.path().join("library");
+    for (i, content) in [(0, "file-3.bin"), (1, "set/a.bin"), (1, "set/b.bin")] {
+        let got = dir.path().join(format!("out-{i}")).join(content);
+        assert!(
+            fs::read(&got).unwrap() == fs::read(lib.join(content)).unwrap(),
+            "receiver {} content {content}",
+            i + 1
+        );
+    }
+    // Three rounds (receiver 2 asks for three contents), each a coded plan on the same
+    // caches: round 1 serves all four receivers' distinct first contents.
+    assert!(rep["plan_payload_bytes"].as_u64().unwrap() > 6 * F / 4);
+    let lines = run.receivers[1].output.trim().lines().count();
+    assert_eq!(
+        lines, 3,
+        "one summary per content: {}",
+        run.receivers[1].output
+    );
+}
+
+/// A receiver killed mid-multicast and started again while the session runs rejoins it:
+/// its cache is kept (nothing placed again), it gets what it lacks through repair, and its
+/// file verifies in the same session.
+#[test]
+fn a_killed_receiver_rejoins_the_running_session() {
+    let (dir, bed, mut s) = four_receivers("25%");
+    s.rate = "5M".into();
+    let mut running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    wait_until_receiving(dir.path(), &[(1, "file-1.bin")]);
+    kill(running.receiver_pid(1));
+    running.restart_receiver(1).unwrap();
+    let run = running.wait(std::time::Duration::from_secs(120)).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    assert!(
+        rep["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "verified"),
+        "{rep}"
+    );
+    let back: serde_json::Value = serde_json::from_str(run.receivers[1].output.trim()).unwrap();
+    assert_eq!(
+        back["cache_bytes"].as_u64().unwrap(),
+        0,
+        "the cache was kept: {back}"
+    );
+    assert_eq!(rep["placed_bytes"].as_u64().unwrap(), 4 * F, "placed once");
 }

@@ -393,7 +393,8 @@ impl Phase {
             (Ready, ToReceiver::CacheBegin { .. }) => CacheOffered,
             (CacheSending, ToReceiver::CacheEnd) => Ready,
             (Ready, ToReceiver::CacheKept { .. }) => Ready,
-            (Ready, ToReceiver::Announce { .. }) => Announced,
+            // A receiver that asked for several contents gets one announcement each.
+            (Ready | Finished, ToReceiver::Announce { .. }) => Announced,
             (Announced | Finished, ToReceiver::Report { .. }) => self,
             (AwaitHello, ToReceiver::Heartbeat) => return Err(self.refuse("heartbeat")),
             (p, ToReceiver::Heartbeat) => p,
@@ -636,6 +637,51 @@ mod tests {
         assert!(bad.validate().is_err());
         let mut fresh = ServerExpect::default();
         assert!(fresh.received(&ToServer::CacheStored).is_err());
+    }
+
+    #[test]
+    fn several_contents_get_one_announcement_each_and_are_bounded() {
+        let mut c = ClientExpect::default();
+        c.sent(&hello()).unwrap();
+        let announce = ToReceiver::Announce {
+            session: 1,
+            group: "239.1.2.3".into(),
+            port: 5000,
+            plan: serde_json::Value::Null,
+            manifest: serde_json::Value::Null,
+            fec: serde_json::Value::Null,
+        };
+        c.received(&ToReceiver::Accepted {
+            session: 1,
+            contents: vec!["a".into(), "b".into()],
+        })
+        .unwrap();
+        for _ in 0..2 {
+            c.received(&announce).unwrap();
+            c.sent(&ToServer::Ready).unwrap();
+            c.sent(&ToServer::Done {
+                ok: true,
+                detail: String::new(),
+                bytes_received: 1,
+            })
+            .unwrap();
+        }
+        let many = ToServer::Hello {
+            receiver: 1,
+            content: "a".into(),
+            token: None,
+            have_cache: None,
+            more: vec!["b".into(); MAX_CONTENTS],
+        };
+        assert!(many.validate().unwrap_err().contains("contents"));
+        let empty = ToServer::Hello {
+            receiver: 1,
+            content: "a".into(),
+            token: None,
+            have_cache: None,
+            more: vec![String::new()],
+        };
+        assert!(empty.validate().is_err());
     }
 
     #[test]

@@ -582,6 +582,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         )?));
     }
     let mut totals = Totals::default();
+    // Receivers done with the session before its last round (they still get the report).
+    let mut spent = Vec::new();
     for (r, (input, plan)) in plans.iter().enumerate() {
         let (part, idle): (Vec<Admitted>, Vec<Admitted>) =
             pool.drain(..).partition(|a| a.contents.len() > r);
@@ -627,13 +629,20 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 for &row in &a.rows[r + 1..] {
                     outcomes[row].outcome.clone_from(&why);
                 }
-                pool.push(a);
+                spent.push(a);
             }
         }
     }
     late.abort();
 
     let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
+    // Receivers that verified something: the pass goodput is per receiver.
+    let served = outcomes
+        .iter()
+        .filter(|o| o.outcome == "verified")
+        .map(|o| o.receiver)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let report = SessionReport {
         session,
         scheme: plans
@@ -657,12 +666,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         multicast_gbps: totals.delivered_bytes as f64 * 8.0
             / totals.pass_secs.max(1e-9)
             / 1e9
-            / pool.len().max(1) as f64,
+            / served.max(1) as f64,
         gso: totals.gso.clone(),
         fec,
         receivers: outcomes,
     };
-    for mut a in pool {
+    for mut a in pool.into_iter().chain(spent) {
         let summary = serde_json::to_value(&report).unwrap_or_default();
         let _ = a.chan.send(&ToReceiver::Report { summary }).await;
     }
@@ -740,6 +749,7 @@ async fn deliver(
 ) -> Result<Vec<Admitted>, SessionError> {
     let (r, live) = (round.index, &shared.live);
     let slots: Vec<u32> = part.iter().map(|a| a.slot).collect();
+    let mut failed = Vec::new();
     let mut ready = Vec::new();
     let tasks: Vec<_> = part
         .into_iter()
@@ -764,6 +774,7 @@ async fn deliver(
                 let outcome = format!("failed before the multicast: {e}");
                 live.outcome(a.id, &outcome);
                 outcomes[a.rows[r]].outcome = outcome;
+                failed.push(a);
             }
         }
     }
@@ -796,7 +807,7 @@ async fn deliver(
     // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
     // blocks get more parity, once for all who miss them.
     let mut active = back;
-    let mut finished: Vec<Admitted> = Vec::new();
+    let mut finished: Vec<Admitted> = failed;
     // Rounds go on while they help: a round that leaves more shards missing than the best
     // so far counts against a small budget of stalls.
     let (mut best, mut stalls) = (u64::MAX, 0);
