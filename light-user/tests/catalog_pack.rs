@@ -301,6 +301,27 @@ fn resolve_accepts_ids_and_paths() {
     ));
     let msg = cat.resolve("nope").unwrap_err().to_string();
     assert!(msg.contains("nope"), "{msg}");
+    // Directories expand to the contents under them; files resolve to themselves.
+    let paths = |name: &str| -> Vec<String> {
+        cat.resolve_many(name)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.path)
+            .collect()
+    };
+    assert_eq!(paths("a"), ["a/b"]);
+    assert_eq!(paths("a/"), ["a/b"]);
+    assert_eq!(paths("c"), ["c"]);
+    assert_eq!(paths("."), ["7", "a/b", "c"]);
+    for unknown in ["", "/", "a/b/", "b", "/a"] {
+        assert!(
+            matches!(
+                cat.resolve_many(unknown),
+                Err(CatalogError::UnknownContent(_))
+            ),
+            "{unknown:?}"
+        );
+    }
 }
 
 #[test]
@@ -447,7 +468,7 @@ fn readers_do_not_block_a_pack() {
 fn schema_is_versioned_and_newer_schemas_are_refused() {
     let lib = tempfile::tempdir().unwrap();
     let v = Catalog::open(lib.path()).unwrap().schema_version().unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     // Reopening does not re-run migrations.
     assert_eq!(
         Catalog::open(lib.path()).unwrap().schema_version().unwrap(),
@@ -460,7 +481,7 @@ fn schema_is_versioned_and_newer_schemas_are_refused() {
         Catalog::open(lib.path()),
         Err(CatalogError::SchemaTooNew {
             found: 99,
-            supported: 1
+            supported: 2
         })
     ));
 }
@@ -527,4 +548,69 @@ fn receivers_are_upserted() {
         rs.iter()
             .all(|r| r.last_seen > SystemTime::now() - Duration::from_secs(3600))
     );
+}
+
+#[test]
+fn placements_and_slots_persist_and_fill_up() {
+    let lib = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(lib.path()).unwrap();
+    let (id, def) = cat.placement("k1", "{\"a\":1}").unwrap();
+    assert_eq!(def, "{\"a\":1}");
+    // The first definition wins: a restarted server gets the same placement back.
+    assert_eq!(cat.placement("k1", "{\"a\":2}").unwrap(), (id, def.clone()));
+    let (other, _) = cat.placement("k2", "{}").unwrap();
+    assert_ne!(other, id);
+    let none: &[String] = &[];
+    assert_eq!(cat.assign_slot(id, "7", 2, none).unwrap(), Some((0, None)));
+    cat.upsert_receiver("7", Some("tag-7")).unwrap();
+    assert_eq!(cat.assign_slot(id, "3", 2, none).unwrap(), Some((1, None)));
+    std::thread::sleep(Duration::from_millis(5));
+    cat.upsert_receiver("3", Some("tag-3")).unwrap();
+    assert_eq!(
+        cat.assign_slot(id, "7", 2, none).unwrap(),
+        Some((0, None)),
+        "a receiver keeps its slot"
+    );
+    // All slots taken: a newcomer takes the slot of the holder seen longest ago unless
+    // that one is busy in the session.
+    let busy = ["7".to_owned(), "3".to_owned()];
+    assert_eq!(cat.assign_slot(id, "9", 2, &busy).unwrap(), None);
+    assert_eq!(
+        cat.assign_slot(id, "9", 2, &busy[1..]).unwrap(),
+        Some((0, Some("7".to_owned())))
+    );
+    assert_eq!(cat.receiver("7").unwrap().unwrap().cache_tag, None);
+    assert_eq!(
+        cat.assign_slot(other, "9", 2, none).unwrap(),
+        Some((0, None))
+    );
+    drop(cat);
+    let cat = Catalog::open(lib.path()).unwrap();
+    assert_eq!(
+        cat.slot_holders(id).unwrap(),
+        vec![(0, "9".to_owned()), (1, "3".to_owned())]
+    );
+    cat.integrity_check().unwrap();
+}
+
+#[test]
+fn sessions_left_unfinished_are_recorded_as_failed() {
+    let lib = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(lib.path()).unwrap();
+    let done = cat.record_session_start(&"plan").unwrap();
+    cat.record_session_end(done, SessionOutcome::Completed, 10, 0)
+        .unwrap();
+    let killed = cat.record_session_start(&"plan").unwrap();
+    drop(cat);
+    let cat = Catalog::open(lib.path()).unwrap();
+    assert_eq!(cat.fail_unfinished_sessions().unwrap(), 1);
+    assert_eq!(
+        cat.session(killed).unwrap().outcome,
+        Some(SessionOutcome::Failed)
+    );
+    assert_eq!(
+        cat.session(done).unwrap().outcome,
+        Some(SessionOutcome::Completed)
+    );
+    assert_eq!(cat.fail_unfinished_sessions().unwrap(), 0);
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use light::control::frame::encode_raw_json;
 use light::control::{
-    BLOB_CHUNK, BlobReceiver, CacheTag, ControlError, MAX_JSON_LEN, Phase, ReceiverChannel,
-    ServerChannel, ToReceiver, ToServer, encode_message,
+    BLOB_CHUNK, BlobReceiver, CacheTag, ControlError, DropCounts, MAX_JSON_LEN, Phase,
+    ReceiverChannel, ServerChannel, ToReceiver, ToServer, encode_message,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +37,7 @@ fn hello(receiver: u32) -> ToServer {
         content: "movie-7".into(),
         token: Some("t".into()),
         have_cache: None,
+        more: Vec::new(),
     }
 }
 
@@ -76,16 +77,24 @@ async fn whole_session_round_trips_every_message() {
             assert_eq!(server.recv().await.unwrap(), hello(5));
             assert_eq!(server.recv().await.unwrap(), ToServer::Heartbeat);
             server
-                .send(&ToReceiver::Accepted { session: 9 })
+                .send(&ToReceiver::Accepted {
+                    session: 9,
+                    contents: Vec::new(),
+                })
                 .await
                 .unwrap();
-            let resumed = server.send_cache(&blob, &hash, tag()).await.unwrap();
+            // The blob goes out as uneven pieces, as the server sends file segments.
+            let pieces: Vec<&[u8]> = blob.chunks(333_333).collect();
+            let resumed = server.send_cache(&pieces, &hash, tag()).await.unwrap();
             assert_eq!(resumed, 0);
             server.send(&ToReceiver::Heartbeat).await.unwrap();
             server.send(&announce).await.unwrap();
             assert_eq!(
                 server.recv().await.unwrap(),
-                ToServer::Progress { bytes: 77 }
+                ToServer::Progress {
+                    bytes: 77,
+                    drops: DropCounts::default()
+                }
             );
             assert_eq!(server.recv().await.unwrap(), done);
             server.send(&report).await.unwrap();
@@ -97,7 +106,10 @@ async fn whole_session_round_trips_every_message() {
     client.send(&ToServer::Heartbeat).await.unwrap();
     assert_eq!(
         client.recv().await.unwrap(),
-        ToReceiver::Accepted { session: 9 }
+        ToReceiver::Accepted {
+            session: 9,
+            contents: Vec::new()
+        }
     );
     let ToReceiver::CacheBegin {
         len,
@@ -115,7 +127,10 @@ async fn whole_session_round_trips_every_message() {
     assert_eq!(client.recv().await.unwrap(), ToReceiver::Heartbeat);
     assert_eq!(client.recv().await.unwrap(), announce);
     client
-        .send(&ToServer::Progress { bytes: 77 })
+        .send(&ToServer::Progress {
+            bytes: 77,
+            drops: DropCounts::default(),
+        })
         .await
         .unwrap();
     client.send(&done).await.unwrap();
@@ -323,8 +338,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     assert!(matches!(ch.recv().await?, ToServer::Hello { .. }));
-    ch.send(&ToReceiver::Accepted { session: 1 }).await?;
-    ch.send_cache(blob, &hash, tag()).await
+    ch.send(&ToReceiver::Accepted {
+        session: 1,
+        contents: Vec::new(),
+    })
+    .await?;
+    let pieces: Vec<&[u8]> = blob.chunks(77_777).collect();
+    ch.send_cache(&pieces, &hash, tag()).await
 }
 
 /// Connects, says hello and answers the cache offer, resuming `state` when it matches.
@@ -335,7 +355,13 @@ async fn fetch_cache(
 ) -> Result<(), ControlError> {
     let mut ch = ReceiverChannel::connect(addr).await?;
     ch.send(&hello(2)).await?;
-    assert_eq!(ch.recv().await?, ToReceiver::Accepted { session: 1 });
+    assert_eq!(
+        ch.recv().await?,
+        ToReceiver::Accepted {
+            session: 1,
+            contents: Vec::new()
+        }
+    );
     let ToReceiver::CacheBegin { len, blake3, .. } = ch.recv().await? else {
         panic!("expected cache_begin")
     };
@@ -422,11 +448,16 @@ async fn resume_offset_past_the_end_is_refused() {
     let srv = tokio::spawn(async move {
         server.recv().await.unwrap();
         server
-            .send(&ToReceiver::Accepted { session: 1 })
+            .send(&ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            })
             .await
             .unwrap();
         let blob = [1u8; 10];
-        server.send_cache(&blob, &blake3::hash(&blob), tag()).await
+        server
+            .send_cache(&[&blob], &blake3::hash(&blob), tag())
+            .await
     });
     client.send(&hello(4)).await.unwrap();
     client.recv().await.unwrap();

@@ -1,7 +1,9 @@
 //! Property tests of the control framing: arbitrary input never panics, and any split of
 //! a valid stream decodes to the same frames.
 
-use light::control::{Frame, FrameDecoder, ToServer, decode_message, encode_data, encode_message};
+use light::control::{
+    DropCounts, Frame, FrameDecoder, ToServer, decode_message, encode_data, encode_message,
+};
 use proptest::prelude::*;
 
 /// A decoded frame: a parsed message (None if it did not parse) or a data chunk.
@@ -34,10 +36,23 @@ fn arb_msg() -> impl Strategy<Value = ToServer> {
                     content: c,
                     token: t,
                     have_cache: None,
+                    more: Vec::new(),
                 }
             }),
         any::<u64>().prop_map(|offset| ToServer::CacheResume { offset }),
-        any::<u64>().prop_map(|bytes| ToServer::Progress { bytes }),
+        (any::<u64>(), any::<[u64; 5]>()).prop_map(|(bytes, d)| ToServer::Progress {
+            bytes,
+            drops: DropCounts {
+                malformed: d[0],
+                foreign_session: d[1],
+                duplicate: d[2],
+                late: d[3],
+                auth_failed: d[4],
+            },
+        }),
+        ".{0,20}".prop_map(|t| ToServer::Status {
+            token: (!t.is_empty()).then_some(t)
+        }),
         (any::<bool>(), ".{0,30}", any::<u64>()).prop_map(|(ok, detail, b)| ToServer::Done {
             ok,
             detail,

@@ -18,6 +18,7 @@ fn hello(receiver: u32, content: &str) -> ToServer {
         content: content.into(),
         token: None,
         have_cache: None,
+        more: Vec::new(),
     }
 }
 
@@ -49,6 +50,7 @@ async fn duplicate_receiver_id_is_refused_with_a_reason() {
         done_timeout: Duration::from_secs(5),
         token: None,
         authenticate_packets: true,
+        metrics: None,
     };
     let server = tokio::spawn(serve(cfg));
     let connect = || async {

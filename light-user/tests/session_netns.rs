@@ -281,10 +281,11 @@ fn wrong_token_is_refused() {
     assert!(run.server_ok, "{}", run.report);
 }
 
-/// A host on the LAN copies real packets, corrupts them and multicasts them into the
-/// session: receivers drop them by MAC and every file still verifies.
+/// A host on the LAN copies real packets, replays them, corrupts them and multicasts them
+/// and random junk into the session: receivers drop forgeries by MAC and replays as
+/// duplicates, and every file still verifies.
 #[test]
-fn forged_packets_are_dropped_by_mac() {
+fn forged_and_replayed_packets_are_dropped() {
     use std::{
         net::{Ipv4Addr, UdpSocket},
         sync::{
@@ -298,9 +299,14 @@ fn forged_packets_are_dropped_by_mac() {
     library(&dir.path().join("library"), 4);
     let bed = Testbed::new(5, 1500).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let forged = Arc::new(AtomicU64::new(0));
+    let (forged, replayed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let injector = {
-        let (host, stop, forged) = (bed.receivers[4].clone(), stop.clone(), forged.clone());
+        let (host, stop, forged, replayed) = (
+            bed.receivers[4].clone(),
+            stop.clone(),
+            forged.clone(),
+            replayed.clone(),
+        );
         std::thread::spawn(move || {
             xtask::netns::enter(&host.ns).unwrap();
             let group = Ipv4Addr::new(239, 77, 0, 1);
@@ -316,6 +322,11 @@ fn forged_packets_are_dropped_by_mac() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let Ok(n) = sock.recv(&mut buf) else { continue };
+                // A replay of the genuine packet: its MAC holds, the receivers must see it
+                // as a duplicate (or late) shard and drop it.
+                if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
+                    replayed.fetch_add(1, Ordering::Relaxed);
+                }
                 // Same header (session, indices), corrupted payload, stale MAC.
                 for b in &mut buf[light_common::HEADER_LEN..n] {
                     *b ^= 0x5a;
@@ -324,6 +335,12 @@ fn forged_packets_are_dropped_by_mac() {
                     if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
                         forged.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                // Random bytes of a random length.
+                let len = 1 + rand::random::<u16>() as usize % 1400;
+                let junk: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+                if sock.send_to(&junk, (group, 7700)).is_ok() {
+                    forged.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
@@ -342,18 +359,27 @@ fn forged_packets_are_dropped_by_mac() {
         forged.load(Ordering::Relaxed) > 100,
         "the injector sent forged packets"
     );
-    let dropped: u64 = run
-        .receivers
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<serde_json::Value>(r.output.trim()).unwrap()["auth_failed"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let count = |field: &str| -> u64 {
+        run.receivers
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r.output.trim()).unwrap()[field]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum()
+    };
     assert!(
-        dropped > 0,
+        count("auth_failed") > 0,
         "receivers counted forged packets as MAC failures"
+    );
+    assert!(
+        replayed.load(Ordering::Relaxed) > 100,
+        "the injector replayed"
+    );
+    assert!(
+        count("dropped") > 0,
+        "receivers dropped replayed packets as duplicates"
     );
 }
 
@@ -377,20 +403,32 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
 }
 
 /// Waits (bounded) until receiver `i` has opened its output, i.e. it is in the multicast.
-fn wait_until_receiving(dir: &Path, i: usize, want: &str) {
-    let partial = dir
+/// Whether receiver `i` has verified a chunk of `want` (the output's sidecar ends with
+/// the verified-chunk bitmap: one byte for F's three chunks).
+fn verified_a_chunk(dir: &Path, i: usize, want: &str) -> bool {
+    let state = dir
         .join(format!("out-{i}"))
-        .join(format!("{want}.light-partial"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !partial.exists() {
+        .join(format!("{want}{}", light::catalog::STATE_SUFFIX));
+    fs::read(state)
+        .ok()
+        .and_then(|b| b.last().copied())
+        .is_some_and(|bits| bits != 0)
+}
+
+/// Waits until one of `receivers` (index, content) has verified a first chunk from the
+/// multicast: it is past its set-up and the delivery is under way.
+fn wait_until_receiving(dir: &Path, receivers: &[(usize, &str)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !receivers
+        .iter()
+        .any(|&(i, want)| verified_a_chunk(dir, i, want))
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "receiver {i} never started receiving"
+            "no receiver of {receivers:?} verified a chunk"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // The output opens just before the receive path attaches; let the data flow a while.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
 }
 
 fn kill(pid: u32) {
@@ -404,7 +442,14 @@ fn receivers_exit_when_the_server_dies() {
     let (dir, bed, mut s) = four_receivers("25%");
     s.rate = "10M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
-    wait_until_receiving(dir.path(), 0, "file-0.bin");
+    // The first chunk anyone verifies comes well before anyone's last.
+    let all = [
+        (0, "file-0.bin"),
+        (1, "file-1.bin"),
+        (2, "file-2.bin"),
+        (3, "file-3.bin"),
+    ];
+    wait_until_receiving(dir.path(), &all);
     kill(running.server_pid());
     let started = std::time::Instant::now();
     let run = running.wait(std::time::Duration::from_secs(40)).unwrap();
@@ -424,9 +469,9 @@ fn receivers_exit_when_the_server_dies() {
 #[test]
 fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
     let (dir, bed, mut s) = four_receivers("25%");
-    s.rate = "10M".into();
+    s.rate = "5M".into();
     let running = xtask::demo::spawn_session(&bed, &s).unwrap();
-    wait_until_receiving(dir.path(), 1, "file-1.bin");
+    wait_until_receiving(dir.path(), &[(1, "file-1.bin")]);
     kill(running.receiver_pid(1));
     let first = running.wait(std::time::Duration::from_secs(90)).unwrap();
     assert!(!first.receivers[1].ok);
@@ -451,7 +496,7 @@ fn a_killed_receiver_does_not_block_the_others_and_resumes_next_session() {
         .unwrap();
     assert!(
         lost["outcome"].as_str().unwrap().starts_with("lost"),
-        "{lost}"
+        "{lost} in {rep}"
     );
     s.rate = "max".into();
     let second = run_session(&bed, &s).unwrap();
@@ -493,4 +538,340 @@ fn pinned_server_key_is_enforced() {
         "{}",
         run.receivers[1].output
     );
+}
+
+/// One GET of the server's metrics endpoint, from inside its namespace; the body.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: light\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    Some(body.to_owned())
+}
+
+/// The value of one series (name with its labels) in an exposition.
+fn series(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// While a paced session runs, `light status --json` shows every receiver's progress (as
+/// the receivers report it) and /metrics answers with the multicast byte counter moving;
+/// with a token on the server, status needs it too.
+#[test]
+fn status_and_metrics_during_a_session() {
+    use std::{
+        collections::BTreeSet,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+    let (_dir, bed, mut s) = four_receivers("25%");
+    // About four seconds of multicast: slow enough to watch.
+    s.rate = "10M".into();
+    let token = "status secret";
+    let metrics: std::net::SocketAddr = format!("{}:9770", bed.server.addr).parse().unwrap();
+    s.serve_args.extend([
+        "--metrics".into(),
+        metrics.to_string(),
+        "--token".into(),
+        token.into(),
+    ]);
+    s.receive_args = vec![vec!["--token".into(), token.into()]; 4];
+    let ctl = format!("{}:7700", bed.server.addr);
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+
+    // Scrape from inside the server's namespace until the first-pass byte counter has
+    // been seen growing, with a non-zero rate gauge along the way.
+    let done = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (ns, done) = (bed.server.ns.clone(), done.clone());
+        std::thread::spawn(move || {
+            xtask::netns::enter(&ns).unwrap();
+            let first = r#"light_multicast_bytes_total{pass="first"}"#;
+            let (mut seen, mut rate, mut last) = (Vec::new(), 0.0f64, String::new());
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline && !done.load(Ordering::Relaxed) {
+                if let Some(body) = scrape(metrics) {
+                    let b = series(&body, first).expect("first-pass byte counter");
+                    rate = rate.max(series(&body, "light_multicast_rate_bits_per_second").unwrap());
+                    if b > 0.0 && seen.last() != Some(&b) {
+                        seen.push(b);
+                    }
+                    last = body;
+                    if seen.len() >= 3 && rate > 0.0 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (seen, rate, last)
+        })
+    };
+
+    // Poll status until every receiver has reported progress mid-delivery.
+    let status = |with_token: bool, json: bool| {
+        let mut c = bed.command(&bed.server, env!("CARGO_BIN_EXE_light"));
+        c.args(["status", "--server", &ctl]);
+        if json {
+            c.arg("--json");
+        }
+        if with_token {
+            c.args(["--token", token]);
+        }
+        c.output().unwrap()
+    };
+    let mut progressed = BTreeSet::new();
+    let mut table = String::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while progressed.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "status never showed progress for every receiver (saw {progressed:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let out = status(true, true);
+        if !out.status.success() {
+            continue; // not listening yet
+        }
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            st["library"]["contents"].as_array().unwrap().len(),
+            4,
+            "{st}"
+        );
+        let session = &st["session"];
+        let phase = session["phase"].as_str().unwrap();
+        if phase != "multicast" && !phase.starts_with("repair") {
+            continue;
+        }
+        let receivers = session["receivers"].as_array().unwrap();
+        assert_eq!(receivers.len(), 4, "{st}");
+        for r in receivers {
+            let (bytes, size) = (r["bytes"].as_u64().unwrap(), r["size"].as_u64().unwrap());
+            assert_eq!(size, F);
+            // Beyond the quarter its cache holds: decoded from the multicast.
+            if r["state"] == "receiving" && bytes > F / 4 && bytes <= size {
+                progressed.insert(r["receiver"].as_u64().unwrap());
+            }
+        }
+        if table.is_empty() {
+            let human = status(true, false);
+            assert!(human.status.success());
+            table = String::from_utf8(human.stdout).unwrap();
+        }
+    }
+    assert!(
+        table.contains("file-0.bin") && table.contains("receiving"),
+        "{table}"
+    );
+    let refused = status(false, true);
+    assert!(!refused.status.success(), "status without the token");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("token"), "{why}");
+
+    let run = running.wait(Duration::from_secs(120)).unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (seen, rate, last) = scraper.join().unwrap();
+    assert_all_identical(&run);
+    assert!(
+        seen.len() >= 2 && seen.windows(2).all(|w| w[0] < w[1]),
+        "bytes multicast seen growing across scrapes: {seen:?}\n{last}"
+    );
+    assert!(rate > 0.0, "the rate gauge moved:\n{last}");
+    let rep = report(&run);
+    assert!(
+        *seen.last().unwrap() <= rep["multicast_bytes"].as_u64().unwrap() as f64,
+        "live counter never exceeds the pass total: {seen:?} vs {rep}"
+    );
+    for i in 1..=4 {
+        let name =
+            format!(r#"light_receiver_packet_drops_total{{receiver="{i}",reason="auth_failed"}}"#);
+        assert!(series(&last, &name).is_some(), "{name} in\n{last}");
+    }
+    assert_eq!(
+        series(&last, "light_receivers_admitted_total"),
+        Some(4.0),
+        "{last}"
+    );
+}
+
+/// Caches filled ahead with `light cache fill` outlive the server: after a restart the
+/// delivery places nothing, multicasts exactly the coded plan, and every file verifies.
+/// A cache corrupted on disk is caught by its hash and refilled, and its file verifies.
+#[test]
+fn caches_filled_ahead_survive_a_server_restart_and_corruption_is_refilled() {
+    let (dir, bed, s) = four_receivers("25%");
+    let mut server = xtask::demo::spawn_server(&bed, &s).unwrap();
+    let fills = xtask::demo::fill_caches(&bed, &s).unwrap();
+    for (i, (ok, out)) in fills.iter().enumerate() {
+        assert!(ok, "fill {} failed: {out}", i + 1);
+        let sum: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(sum["downloaded_bytes"].as_u64().unwrap(), F, "{sum}");
+    }
+    // Filling again moves nothing: the caches are checked by hash and kept.
+    for (ok, out) in xtask::demo::fill_caches(&bed, &s).unwrap() {
+        assert!(ok, "{out}");
+        let sum: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(sum["downloaded_bytes"].as_u64().unwrap(), 0, "{sum}");
+    }
+    kill(server.id());
+    server.wait().unwrap();
+
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    assert_eq!(
+        rep["placed_bytes"].as_u64().unwrap(),
+        0,
+        "no placement bytes"
+    );
+    // K=4, t=1, distinct demands: C(4,2) messages of F/4 bytes.
+    assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), 6 * F / 4);
+    assert_eq!(
+        rep["multicast_bytes"].as_u64().unwrap(),
+        declared_wire_bytes(&rep["fec"], 6, F / 4)
+    );
+
+    // Flip one byte of receiver 3's cache.
+    let cache = dir.path().join("cache-2").join("receiver-3.cache");
+    let mut bytes = fs::read(&cache).unwrap();
+    bytes[12345] ^= 0x5a;
+    fs::write(&cache, bytes).unwrap();
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    assert_eq!(
+        rep["placed_bytes"].as_u64().unwrap(),
+        F,
+        "one cache refilled"
+    );
+    let refilled: Vec<u64> = rep["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["placed_bytes"].as_u64().unwrap() > 0)
+        .map(|r| r["receiver"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refilled, vec![3]);
+}
+
+/// A server killed mid-session leaves a sound catalog; its next start records the
+/// interrupted session as failed, and the next session completes.
+#[test]
+fn the_catalog_survives_a_server_kill_mid_session() {
+    use light::catalog::{Catalog, SessionOutcome};
+    let (dir, bed, mut s) = four_receivers("25%");
+    s.rate = "10M".into();
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    wait_until_receiving(dir.path(), &[(0, "file-0.bin")]);
+    kill(running.server_pid());
+    let _ = running.wait(std::time::Duration::from_secs(40)).unwrap();
+    {
+        let cat = Catalog::open(&s.library).unwrap();
+        cat.integrity_check().unwrap();
+        assert_eq!(
+            cat.session(1).unwrap().outcome,
+            None,
+            "killed before its end"
+        );
+    }
+    s.rate = "max".into();
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let cat = Catalog::open(&s.library).unwrap();
+    cat.integrity_check().unwrap();
+    assert_eq!(
+        cat.session(1).unwrap().outcome,
+        Some(SessionOutcome::Failed)
+    );
+    assert_eq!(
+        cat.session(2).unwrap().outcome,
+        Some(SessionOutcome::Completed)
+    );
+}
+
+/// A receiver asks for several contents, a directory among them: the session runs one
+/// delivery round per content on the one placement, and every file verifies.
+#[test]
+fn several_contents_and_a_directory_per_receiver() {
+    let (dir, bed, mut s) = four_receivers("25%");
+    let set = dir.path().join("library").join("set");
+    fs::create_dir_all(&set).unwrap();
+    for (i, name) in ["a.bin", "b.bin"].iter().enumerate() {
+        fill_file(&set.join(name), F, 50 + i as u64).unwrap();
+    }
+    s.receive_args = vec![
+        vec!["-c".into(), "file-3.bin".into()],
+        vec!["-c".into(), "set".into()],
+    ];
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    let rows = rep["receivers"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        4 + 1 + 2,
+        "one report line per (receiver, content)"
+    );
+    assert!(rows.iter().all(|r| r["outcome"] == "verified"), "{rep}");
+    let lib = dir.path().join("library");
+    for (i, content) in [(0, "file-3.bin"), (1, "set/a.bin"), (1, "set/b.bin")] {
+        let got = dir.path().join(format!("out-{i}")).join(content);
+        assert!(
+            fs::read(&got).unwrap() == fs::read(lib.join(content)).unwrap(),
+            "receiver {} content {content}",
+            i + 1
+        );
+    }
+    // Three rounds (receiver 2 asks for three contents), each a coded plan on the same
+    // caches: round 1 serves all four receivers' distinct first contents.
+    assert!(rep["plan_payload_bytes"].as_u64().unwrap() > 6 * F / 4);
+    let lines = run.receivers[1].output.trim().lines().count();
+    assert_eq!(
+        lines, 3,
+        "one summary per content: {}",
+        run.receivers[1].output
+    );
+}
+
+/// A receiver killed mid-multicast and started again while the session runs rejoins it:
+/// its cache is kept (nothing placed again), it gets what it lacks through repair, and its
+/// file verifies in the same session.
+#[test]
+fn a_killed_receiver_rejoins_the_running_session() {
+    let (dir, bed, mut s) = four_receivers("25%");
+    s.rate = "5M".into();
+    let mut running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    wait_until_receiving(dir.path(), &[(1, "file-1.bin")]);
+    kill(running.receiver_pid(1));
+    running.restart_receiver(1).unwrap();
+    let run = running.wait(std::time::Duration::from_secs(120)).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    assert!(
+        rep["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "verified"),
+        "{rep}"
+    );
+    let back: serde_json::Value = serde_json::from_str(run.receivers[1].output.trim()).unwrap();
+    assert_eq!(
+        back["cache_bytes"].as_u64().unwrap(),
+        0,
+        "the cache was kept: {back}"
+    );
+    assert_eq!(rep["placed_bytes"].as_u64().unwrap(), 4 * F, "placed once");
 }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::netns::Testbed;
+use crate::netns::{Host, Testbed};
 
 /// What the demo does.
 #[derive(Debug, clap::Args)]
@@ -171,6 +171,8 @@ pub fn run_session(bed: &Testbed, spec: &SessionSpec) -> Result<SessionRun> {
 pub struct Running {
     procs: Guard,
     spec: SessionSpec,
+    server: Host,
+    receivers: Vec<Host>,
 }
 
 impl Running {
@@ -182,6 +184,16 @@ impl Running {
     /// Process id of receiver `i` (0-based, in `demands` order).
     pub fn receiver_pid(&self, i: usize) -> u32 {
         self.procs.0[i + 1].id()
+    }
+
+    /// Starts receiver `i` again, as it was started (after it was killed): its outcome is
+    /// the new process's.
+    pub fn restart_receiver(&mut self, i: usize) -> Result<()> {
+        let old = &mut self.procs.0[i + 1];
+        let _ = old.kill();
+        let _ = old.wait();
+        self.procs.0[i + 1] = spawn_receiver(&self.server, &self.receivers, &self.spec, i)?;
+        Ok(())
     }
 
     /// Waits (at most `limit`) for every process and compares every output with the library.
@@ -208,20 +220,19 @@ impl Running {
     }
 }
 
-/// Starts a server and one receiver per demand on `bed` and returns at once.
-pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
-    ensure!(
-        spec.demands.len() <= bed.receivers.len(),
-        "more demands than test hosts"
-    );
-    let ctl = format!("{}:7700", bed.server.addr);
+/// The control address servers listen on in the testbed.
+fn control_addr(bed: &Testbed) -> String {
+    format!("{}:7700", bed.server.addr)
+}
+
+/// Starts `light serve` for `spec` on `bed`'s server host; its stdout (the report) is piped.
+pub fn spawn_server(bed: &Testbed, spec: &SessionSpec) -> Result<Child> {
     let expect = if spec.expect == 0 {
         spec.demands.len()
     } else {
         spec.expect
     };
-    let mut procs = Guard(Vec::new());
-    let server = Command::new("ip")
+    Command::new("ip")
         .args(["netns", "exec", &bed.server.ns])
         .arg(&spec.light)
         .args(["serve", "--library"])
@@ -234,39 +245,97 @@ pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
             "--rate",
             &spec.rate,
         ])
-        .args(["--iface", &bed.server.iface, "--bind", &ctl])
+        .args(["--iface", &bed.server.iface, "--bind", &control_addr(bed)])
         .args(["--wait", &spec.wait_secs.to_string()])
         .args(["--mtu", &spec.mtu.to_string()])
         .args(&spec.serve_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("start light serve")?;
-    procs.0.push(server);
-    for (i, (r, want)) in bed.receivers.iter().zip(&spec.demands).enumerate() {
-        let out = spec.work.join(format!("out-{i}"));
-        let cache = spec.work.join(format!("cache-{i}"));
-        let _ = fs::remove_dir_all(&out);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &r.ns])
-            .arg(&spec.light)
-            .args(["receive", &(i + 1).to_string(), "-c", want])
-            .args(["--server", &ctl, "--iface", &r.iface, "--json", "--out"])
-            .arg(&out)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if spec.no_xdp {
-            cmd.arg("--no-xdp");
-        }
-        cmd.args(spec.receive_args.get(i).into_iter().flatten());
-        procs.0.push(cmd.spawn().context("start light receive")?);
+        .context("start light serve")
+}
+
+/// Runs `light cache fill` for every receiver of `spec` on its own host, in parallel, into
+/// the cache directory its `light receive` uses; returns each one's success and output.
+pub fn fill_caches(bed: &Testbed, spec: &SessionSpec) -> Result<Vec<(bool, String)>> {
+    let mut procs = Guard(Vec::new());
+    for (i, r) in bed.receivers.iter().take(spec.demands.len()).enumerate() {
+        procs.0.push(
+            Command::new("ip")
+                .args(["netns", "exec", &r.ns])
+                .arg(&spec.light)
+                .args(["cache", "fill", &(i + 1).to_string(), "--json"])
+                .args(["--server", &control_addr(bed), "--cache-dir"])
+                .arg(spec.work.join(format!("cache-{i}")))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("start light cache fill")?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    procs
+        .0
+        .iter_mut()
+        .map(|c| {
+            let (ok, out, err) = collect(c, deadline)?;
+            Ok((ok, if ok { out } else { err }))
+        })
+        .collect()
+}
+
+/// Starts a server and one receiver per demand on `bed` and returns at once.
+pub fn spawn_session(bed: &Testbed, spec: &SessionSpec) -> Result<Running> {
+    ensure!(
+        spec.demands.len() <= bed.receivers.len(),
+        "more demands than test hosts"
+    );
+    let mut procs = Guard(Vec::new());
+    procs.0.push(spawn_server(bed, spec)?);
+    for i in 0..spec.demands.len() {
+        let _ = fs::remove_dir_all(spec.work.join(format!("out-{i}")));
+        procs
+            .0
+            .push(spawn_receiver(&bed.server, &bed.receivers, spec, i)?);
     }
     Ok(Running {
         procs,
         spec: spec.clone(),
+        server: bed.server.clone(),
+        receivers: bed.receivers.clone(),
     })
+}
+
+/// Starts receiver `i` of `spec` (id i + 1) on its test host; its output goes to
+/// `WORK/out-i`, its cache to `WORK/cache-i`.
+fn spawn_receiver(
+    server: &Host,
+    receivers: &[Host],
+    spec: &SessionSpec,
+    i: usize,
+) -> Result<Child> {
+    let r = &receivers[i];
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &r.ns])
+        .arg(&spec.light)
+        .args(["receive", &(i + 1).to_string(), "-c", &spec.demands[i]])
+        .args([
+            "--server",
+            &format!("{}:7700", server.addr),
+            "--iface",
+            &r.iface,
+        ])
+        .args(["--json", "--out"])
+        .arg(spec.work.join(format!("out-{i}")))
+        .arg("--cache-dir")
+        .arg(spec.work.join(format!("cache-{i}")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if spec.no_xdp {
+        cmd.arg("--no-xdp");
+    }
+    cmd.args(spec.receive_args.get(i).into_iter().flatten());
+    cmd.spawn().context("start light receive")
 }
 
 /// Runs the demo and prints the server's report and each receiver's outcome.

@@ -59,7 +59,25 @@ const MIGRATIONS: &[&str] = &[
          bytes_multicast INTEGER,
          bytes_placed INTEGER
      );",
+    // v2: persistent cache placements (one per library version and population) and which
+    // receiver holds which slot of each, so caches filled ahead survive server restarts.
+    "CREATE TABLE placements (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         key TEXT NOT NULL UNIQUE,
+         input_json TEXT NOT NULL,
+         created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE placement_slots (
+         placement INTEGER NOT NULL REFERENCES placements(id),
+         slot INTEGER NOT NULL,
+         receiver TEXT NOT NULL,
+         PRIMARY KEY (placement, slot),
+         UNIQUE (placement, receiver)
+     ) WITHOUT ROWID;",
 ];
+
+/// Id of a recorded placement.
+pub type PlacementId = i64;
 
 /// A handle on a library's catalog.
 pub struct Catalog {
@@ -320,6 +338,41 @@ impl Catalog {
         }
     }
 
+    /// Resolves `name` like [`Catalog::resolve`], or, when it names a directory of the
+    /// library (`films` or `films/`), to every current content under it, by path.
+    pub fn resolve_many(&self, name: &str) -> Result<Vec<ContentInfo>> {
+        let err = match self.resolve(name) {
+            Ok(c) => return Ok(vec![c]),
+            Err(e @ CatalogError::UnknownContent(_)) => e,
+            Err(e) => return Err(e),
+        };
+        // "." (or "./") is the whole library.
+        let dir = name
+            .strip_prefix("./")
+            .unwrap_or(name)
+            .trim_end_matches('/');
+        let dir = if dir == "." { "" } else { dir };
+        if dir.is_empty() && !name.starts_with('.') {
+            return Err(err);
+        }
+        let mut under: Vec<ContentInfo> = self
+            .contents()?
+            .into_iter()
+            .filter(|c| {
+                !c.removed
+                    && (dir.is_empty()
+                        || c.path
+                            .strip_prefix(dir)
+                            .is_some_and(|rest| rest.starts_with('/')))
+            })
+            .collect();
+        if under.is_empty() {
+            return Err(err);
+        }
+        under.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(under)
+    }
+
     /// Records the start of a session with its plan; returns the new session id.
     pub fn record_session_start(&self, plan: &impl Serialize) -> Result<SessionId> {
         let plan_json = serde_json::to_string(plan).map_err(CatalogError::Plan)?;
@@ -408,6 +461,149 @@ impl Catalog {
             )
             .map_err(db_err("recording a receiver"))?;
         Ok(())
+    }
+
+    /// The placement recorded under `key`, recording `input_json` as its definition first
+    /// if there is none: returns its id and its definition (the first one recorded wins, so
+    /// a restarted server places exactly as before).
+    pub fn placement(&self, key: &str, input_json: &str) -> Result<(PlacementId, String)> {
+        self.conn
+            .execute(
+                "INSERT INTO placements (key, input_json, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO NOTHING",
+                params![key, input_json, now_ms()],
+            )
+            .map_err(db_err("recording a placement"))?;
+        self.conn
+            .query_row(
+                "SELECT id, input_json FROM placements WHERE key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_err("reading a placement"))
+    }
+
+    /// The slot of `placement` that `receiver` holds, giving it the lowest free one of
+    /// `slots` if it holds none. When all are taken, it takes over the slot of the holder
+    /// seen longest ago that is not in `busy` (returned second; its cache record is
+    /// cleared). `None` when every holder is busy.
+    pub fn assign_slot(
+        &self,
+        placement: PlacementId,
+        receiver: &str,
+        slots: u32,
+        busy: &[String],
+    ) -> Result<Option<(u32, Option<String>)>> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(db_err("starting a slot assignment"))?;
+        // Holders, the one seen longest ago (or never) first.
+        let held: Vec<(u32, String)> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT p.slot, p.receiver FROM placement_slots p
+                     LEFT JOIN receivers r ON r.id = p.receiver
+                     WHERE p.placement = ?1
+                     ORDER BY COALESCE(r.last_seen_ms, 0), p.slot",
+                )
+                .map_err(db_err("reading placement slots"))?;
+            let rows = stmt
+                .query_map([placement], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err("reading placement slots"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db_err("reading placement slots"))?
+        };
+        if let Some((slot, _)) = held.iter().find(|(_, r)| r == receiver) {
+            return Ok(Some((*slot, None)));
+        }
+        let (slot, evicted) = match (0..slots).find(|s| held.iter().all(|(h, _)| h != s)) {
+            Some(free) => (free, None),
+            None => match held.iter().find(|(_, r)| !busy.contains(r)) {
+                Some((slot, old)) => (*slot, Some(old.clone())),
+                None => return Ok(None),
+            },
+        };
+        if let Some(old) = &evicted {
+            tx.execute(
+                "DELETE FROM placement_slots WHERE placement = ?1 AND slot = ?2",
+                params![placement, slot],
+            )
+            .map_err(db_err("freeing a placement slot"))?;
+            tx.execute(
+                "UPDATE receivers SET cache_tag = NULL WHERE id = ?1",
+                params![old],
+            )
+            .map_err(db_err("freeing a placement slot"))?;
+        }
+        tx.execute(
+            "INSERT INTO placement_slots (placement, slot, receiver) VALUES (?1, ?2, ?3)",
+            params![placement, slot, receiver],
+        )
+        .map_err(db_err("assigning a placement slot"))?;
+        tx.commit().map_err(db_err("assigning a placement slot"))?;
+        Ok(Some((slot, evicted)))
+    }
+
+    /// The receivers holding slots of `placement`, by slot.
+    pub fn slot_holders(&self, placement: PlacementId) -> Result<Vec<(u32, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT slot, receiver FROM placement_slots WHERE placement = ?1 ORDER BY slot",
+            )
+            .map_err(db_err("reading placement slots"))?;
+        let rows = stmt
+            .query_map([placement], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err("reading placement slots"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db_err("reading placement slots"))
+    }
+
+    /// The record of receiver `id`, if it was ever seen.
+    pub fn receiver(&self, id: &str) -> Result<Option<ReceiverRecord>> {
+        self.conn
+            .query_row(
+                "SELECT id, last_seen_ms, cache_tag FROM receivers WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(ReceiverRecord {
+                        id: r.get(0)?,
+                        last_seen: from_ms(r.get(1)?),
+                        cache_tag: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err("reading a receiver"))
+    }
+
+    /// Marks every session that never recorded its end (its server was killed) as failed;
+    /// returns how many there were.
+    pub fn fail_unfinished_sessions(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET ended_ms = ?1, outcome = ?2 WHERE ended_ms IS NULL",
+                params![now_ms(), SessionOutcome::Failed.as_str()],
+            )
+            .map_err(db_err("closing unfinished sessions"))
+    }
+
+    /// SQLite's `PRAGMA integrity_check`: `Ok(())` when the database is sound, else the
+    /// problems it lists.
+    pub fn integrity_check(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(db_err("checking integrity"))?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(db_err("checking integrity"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db_err("checking integrity"))?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            Ok(())
+        } else {
+            Err(CatalogError::Corrupt(lines.join("; ")))
+        }
     }
 
     /// All known receivers, by id.
@@ -532,6 +728,26 @@ impl Catalog {
             })
         })
         .transpose()
+    }
+
+    /// Opens an existing catalog read-only, without migrating: for status readers, which
+    /// must never take the write lock a running session needs.
+    pub fn open_read_only(library_dir: impl AsRef<Path>) -> Result<Self> {
+        let library = library_dir.as_ref().to_path_buf();
+        let conn = Connection::open_with_flags(
+            library.join(CATALOG_DIR).join(CATALOG_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err("opening the database read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(db_err("setting the busy timeout"))?;
+        let (found, supported) = (user_version(&conn)?, MIGRATIONS.len() as i64);
+        if found != supported {
+            return Err(CatalogError::Corrupt(format!(
+                "schema version {found}, this build reads {supported} (open it read-write once)"
+            )));
+        }
+        Ok(Self { conn, library })
     }
 }
 

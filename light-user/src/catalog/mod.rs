@@ -18,8 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use db::{
-    CATALOG_DIR, CATALOG_FILE, Catalog, ContentInfo, ReceiverRecord, SessionId, SessionOutcome,
-    SessionRecord,
+    CATALOG_DIR, CATALOG_FILE, Catalog, ContentInfo, PlacementId, ReceiverRecord, SessionId,
+    SessionOutcome, SessionRecord,
 };
 pub use manifest::{DEFAULT_CHUNK_SIZE, Digest, MAX_CHUNK_SIZE, Manifest};
 pub use output::{OutputFile, PARTIAL_SUFFIX, Resumed, STATE_SUFFIX};

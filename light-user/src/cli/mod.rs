@@ -1,10 +1,12 @@
 //! The `light` command line: argument parsing and the glue from subcommands to the library.
 
+mod cache;
 mod listen;
 mod pack;
 mod probe;
 mod receive;
 mod serve;
+mod status;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -26,9 +28,14 @@ enum Command {
     Serve(serve::Args),
     /// Ask a server for one content, receive it, verify every chunk and save it.
     Receive(receive::Args),
+    /// Manage receiver caches (fill them ahead of a session).
+    #[command(subcommand)]
+    Cache(cache::Command),
     /// Receive Light packets on a multicast group and report what arrived (diagnostics and
     /// the receive-path benchmark).
     Listen(listen::Args),
+    /// Show a running server's library, known receivers and live session progress.
+    Status(status::Args),
     /// Multicast numbered probe packets through the batched send path (benchmarks).
     Probe(probe::Args),
 }
@@ -46,7 +53,9 @@ pub fn main() -> anyhow::Result<()> {
         Command::Pack(a) => pack::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Receive(a) => receive::run(a),
+        Command::Cache(c) => cache::run(c),
         Command::Listen(a) => listen::run(a),
+        Command::Status(a) => status::run(a),
         Command::Probe(a) => probe::run(a),
     }
 }

@@ -1,13 +1,13 @@
 //! `light receive`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::listen::RxArgs;
 use crate::{
-    control::receiver::{ReceiveConfig, receive},
+    control::receiver::{ProgressFn, ReceiveConfig, receive},
     transport::rx::{AttachMode, RxPath},
 };
 
@@ -16,9 +16,11 @@ use crate::{
 pub struct Args {
     /// This receiver's id (unique in the session).
     receiver: u32,
-    /// Content to receive: its id or its path relative to the library.
-    #[arg(short = 'c', long)]
-    content: String,
+    /// Content to receive: its id, its path relative to the library, or a directory of
+    /// the library (everything under it). Repeat (`-c a -c b`) for several contents in one
+    /// session; they share the one cache.
+    #[arg(short = 'c', long = "content", required = true)]
+    contents: Vec<String>,
     /// Server control address.
     #[arg(long, default_value = "127.0.0.1:7700")]
     server: SocketAddr,
@@ -50,7 +52,7 @@ pub struct Args {
     /// (also from the LIGHT_SERVER_KEY environment variable).
     #[arg(long, env = "LIGHT_SERVER_KEY", value_parser = parse_key)]
     server_key: Option<String>,
-    /// Print a one-line JSON summary on stdout.
+    /// Print a one-line JSON summary per content on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -75,7 +77,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     .path();
     let cfg = ReceiveConfig {
         receiver: a.receiver,
-        content: a.content.clone(),
+        contents: a.contents.clone(),
         server: a.server,
         out: a.out,
         cache_dir: a.cache_dir,
@@ -94,29 +96,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .expect("static template")
         .progress_chars("=> "),
     );
-    bar.set_message(a.content.clone());
     let b = bar.clone();
-    let progress = Box::new(move |done, total| {
+    let progress: ProgressFn = Arc::new(move |content: &str, done, total| {
+        if b.message() != content {
+            b.set_message(content.to_owned());
+        }
         b.set_length(total);
         b.set_position(done);
     });
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    let summary = rt.block_on(receive(cfg, stop, progress));
+    let summaries = rt.block_on(receive(cfg, stop, progress));
     bar.finish_and_clear();
-    let summary = summary.with_context(|| format!("receiving {}", a.content))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!(
-            "verified {} ({} bytes: {} from cache, {} decoded) in {:.2} s, {:.3} Gbit/s over {}",
-            summary.path,
-            summary.bytes,
-            summary.from_cache_bytes,
-            summary.decoded_bytes,
-            summary.seconds,
-            summary.goodput_gbps,
-            summary.rx_path
-        );
+    let summaries = summaries.with_context(|| format!("receiving {}", a.contents.join(", ")))?;
+    for summary in summaries {
+        if a.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            println!(
+                "verified {} ({} bytes: {} from cache, {} decoded) in {:.2} s, {:.3} Gbit/s over {}",
+                summary.path,
+                summary.bytes,
+                summary.from_cache_bytes,
+                summary.decoded_bytes,
+                summary.seconds,
+                summary.goodput_gbps,
+                summary.rx_path
+            );
+        }
     }
     Ok(())
 }

@@ -72,6 +72,10 @@ pub struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics over HTTP on this address (`GET /metrics`), e.g.
+    /// `0.0.0.0:9770`; off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs `light serve`.
@@ -98,6 +102,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         done_timeout: Duration::from_secs(60),
         token: a.token,
         authenticate_packets: !a.no_packet_auth,
+        metrics: a.metrics,
     };
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let report = rt.block_on(serve(cfg))?;

@@ -235,15 +235,40 @@ struct Choice {
     rate: f64,
 }
 
-/// The group size and layering with the lowest rate whose subfiles reach
-/// `min_subfile_bytes` and whose subset counts stay within bounds; ties go to larger
-/// groups. Layerings for g receivers per group, t = g·M/N: memory sharing between
-/// floor(t) and ceil(t), or floor(t) alone (less cache, but fewer, larger subfiles).
-/// g = 1 always qualifies.
+/// Demands the placement is chosen for: receiver r wants file r mod N, as many distinct
+/// files as the library allows. Caches are filled before demands are known (and kept
+/// across sessions), so the placement must not depend on the session's demands.
+fn placement_demands(input: &PlanInput) -> Vec<u32> {
+    let n = input.file_lens.len().max(1) as u32;
+    (0..input.receivers).map(|r| r % n).collect()
+}
+
+/// YMA rate of `demands` in groups of `g` under layering `ls`, in files.
+fn layered_rate(demands: &[u32], g: u32, ls: &[(u32, f64)]) -> f64 {
+    demands
+        .chunks(g as usize)
+        .map(|members| {
+            let mut distinct: Vec<u32> = members.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let ne = distinct.len() as u64;
+            ls.iter()
+                .map(|&(t, s)| s * yma_rate(u64::from(g), u64::from(t), ne))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// The group size and layering with the lowest rate (for [`placement_demands`]) whose
+/// subfiles reach `min_subfile_bytes` and whose subset counts stay within bounds; ties go
+/// to larger groups. Layerings for g receivers per group, t = g·M/N: memory sharing
+/// between floor(t) and ceil(t), or floor(t) alone (less cache, but fewer, larger
+/// subfiles). g = 1 always qualifies.
 fn centralized_choice(input: &PlanInput, mu: f64) -> Result<Choice, CodingError> {
     let k = input.receivers;
     let n = input.file_lens.len().max(1) as f64;
     let mean = input.file_lens.iter().map(|&l| l as f64).sum::<f64>() / n;
+    let basis = placement_demands(input);
     let mut best: Option<Choice> = None;
     for g in (1..=k.min(MAX_RECEIVERS)).rev() {
         let shared = layers(f64::from(g) * mu);
@@ -262,17 +287,7 @@ fn centralized_choice(input: &PlanInput, mu: f64) -> Result<Choice, CodingError>
             if !fits {
                 continue;
             }
-            let mut rate = 0.0;
-            for members in input.demands.chunks(g as usize) {
-                let mut distinct: Vec<u32> = members.to_vec();
-                distinct.sort_unstable();
-                distinct.dedup();
-                let ne = distinct.len() as u64;
-                rate += ls
-                    .iter()
-                    .map(|&(t, s)| s * yma_rate(u64::from(g), u64::from(t), ne))
-                    .sum::<f64>();
-            }
+            let rate = layered_rate(&basis, g, &ls);
             if best.as_ref().is_none_or(|b| rate < b.rate - 1e-12) {
                 best = Some(Choice {
                     group: g,
@@ -405,7 +420,7 @@ fn centralized_plan(input: &PlanInput, mu: f64) -> Result<Plan, CodingError> {
         },
         t: f64::from(g) * mu,
         subpacketization: layers.iter().map(|l| l.subsets.len() as u64).sum(),
-        theoretical_rate: choice.rate,
+        theoretical_rate: layered_rate(&input.demands, g, &choice.layers),
         caches,
         messages,
         derived,

@@ -174,15 +174,17 @@ impl ServerChannel<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ServerChannel<S> {
-    /// Offers a cache blob (`CacheBegin`), waits for the receiver's `CacheResume`, streams
-    /// the rest from that offset and sends `CacheEnd`. Returns the offset resumed from.
+    /// Offers a cache blob (`CacheBegin`) made of `pieces` back to back (slices of the
+    /// library's mapped files: the blob is never copied whole), waits for the receiver's
+    /// `CacheResume`, streams the rest from that offset and sends `CacheEnd`. Returns the
+    /// offset resumed from.
     pub async fn send_cache(
         &mut self,
-        blob: &[u8],
+        pieces: &[&[u8]],
         hash: &blake3::Hash,
         tag: CacheTag,
     ) -> Result<u64, ControlError> {
-        let len = blob.len() as u64;
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
         self.send(&ToReceiver::CacheBegin {
             len,
             blake3: hash.to_hex().to_string(),
@@ -207,28 +209,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerChannel<S> {
                 .await;
             return Err(err);
         }
-        self.send_blob(blob, offset).await?;
+        self.send_blob(pieces, offset).await?;
         self.send(&ToReceiver::CacheEnd).await?;
         Ok(offset)
     }
 
-    /// Streams `blob[from..]` as data chunks of [`BLOB_CHUNK`] bytes; returns bytes sent.
-    /// Only allowed between `CacheResume` and `CacheEnd`.
-    pub async fn send_blob(&mut self, blob: &[u8], from: u64) -> Result<u64, ControlError> {
+    /// Streams the blob `pieces` make, from byte `from` on, as data chunks of at most
+    /// [`BLOB_CHUNK`] bytes; returns bytes sent. Only allowed between `CacheResume` and
+    /// `CacheEnd`.
+    pub async fn send_blob(&mut self, pieces: &[&[u8]], from: u64) -> Result<u64, ControlError> {
         self.order.data_allowed()?;
-        let len = blob.len() as u64;
-        let start = usize::try_from(from)
-            .ok()
-            .filter(|&s| s <= blob.len())
-            .ok_or(ControlError::BadResume { offset: from, len })?;
-        let mut offset = start;
-        for chunk in blob[start..].chunks(BLOB_CHUNK.min(MAX_DATA_CHUNK)) {
-            self.out.clear();
-            encode_data(offset as u64, chunk, &mut self.out)?;
-            self.flush_out("send a cache chunk").await?;
-            offset += chunk.len();
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if from > len {
+            return Err(ControlError::BadResume { offset: from, len });
         }
-        Ok((offset - start) as u64)
+        // Frames stay full-size across piece boundaries (a cache can be many small
+        // segments), so the receiver's resume offsets are whole chunks.
+        let size = BLOB_CHUNK.min(MAX_DATA_CHUNK);
+        let mut chunk = Vec::with_capacity(size);
+        let (mut at, mut sent) = (0u64, 0u64);
+        for piece in pieces {
+            let end = at + piece.len() as u64;
+            if end > from {
+                let mut rest = &piece[from.saturating_sub(at) as usize..];
+                while !rest.is_empty() {
+                    let n = rest.len().min(size - chunk.len());
+                    chunk.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    if chunk.len() == size {
+                        sent += self.send_chunk(from + sent, &chunk).await?;
+                        chunk.clear();
+                    }
+                }
+            }
+            at = end;
+        }
+        if !chunk.is_empty() {
+            sent += self.send_chunk(from + sent, &chunk).await?;
+        }
+        Ok(sent)
+    }
+
+    async fn send_chunk(&mut self, offset: u64, chunk: &[u8]) -> Result<u64, ControlError> {
+        self.out.clear();
+        encode_data(offset, chunk, &mut self.out)?;
+        self.flush_out("send a cache chunk").await?;
+        Ok(chunk.len() as u64)
     }
 }
 

@@ -284,15 +284,24 @@ mod tests {
                     library: "2026-11".into(),
                     placement: "ff00".into(),
                 }),
+                more: vec!["films/".into(), "42".into()],
             },
             ToServer::Hello {
                 receiver: 0,
                 content: "x".into(),
                 token: None,
                 have_cache: None,
+                more: Vec::new(),
             },
             ToServer::CacheResume { offset: u64::MAX },
-            ToServer::Progress { bytes: 12345 },
+            ToServer::Progress {
+                bytes: 12345,
+                drops: super::super::messages::DropCounts {
+                    late: 3,
+                    auth_failed: u64::MAX,
+                    ..Default::default()
+                },
+            },
             ToServer::Done {
                 ok: false,
                 detail: "bad \"quote\" \u{1F600}".into(),
@@ -307,7 +316,10 @@ mod tests {
             ToReceiver::Refused {
                 reason: "session full".into(),
             },
-            ToReceiver::Accepted { session: 42 },
+            ToReceiver::Accepted {
+                session: 42,
+                contents: Vec::new(),
+            },
             ToReceiver::CacheBegin {
                 len: 1 << 33,
                 blake3: blake3::hash(b"abc").to_hex().to_string(),

@@ -12,6 +12,9 @@ use super::error::ControlError;
 /// Version carried as `"v"` in every control message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most contents one receiver may ask for in a session (bounds the rounds it adds).
+pub const MAX_CONTENTS: usize = 256;
+
 /// Most blocks one `Nack` may list (bounds the server's repair work per message).
 pub const MAX_NACK_BLOCKS: usize = 16_384;
 
@@ -22,6 +25,35 @@ pub struct CacheTag {
     pub library: String,
     /// Hash of the placement (which parts of which files this receiver caches).
     pub placement: String,
+}
+
+/// Packets a receiver dropped so far, by reason (reported with [`ToServer::Progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DropCounts {
+    /// Rejected by header parsing (truncated, bad magic, version, kind or length).
+    pub malformed: u64,
+    /// Packets of another session.
+    pub foreign_session: u64,
+    /// Shards already held.
+    pub duplicate: u64,
+    /// Shards of blocks or messages already complete.
+    pub late: u64,
+    /// Packets whose MAC did not verify (forged or corrupted).
+    pub auth_failed: u64,
+}
+
+impl DropCounts {
+    /// Each counter with its reason's name.
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("malformed", self.malformed),
+            ("foreign_session", self.foreign_session),
+            ("duplicate", self.duplicate),
+            ("late", self.late),
+            ("auth_failed", self.auth_failed),
+        ]
+    }
 }
 
 /// Messages a receiver sends to the server.
@@ -38,7 +70,22 @@ pub enum ToServer {
         token: Option<String>,
         /// The complete cache the receiver already holds, if any.
         have_cache: Option<CacheTag>,
+        /// Further contents wanted in the same session (ids, paths or directories).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more: Vec<String>,
     },
+    /// First message of `light cache fill`: place this receiver's cache now, outside any
+    /// session (no content is asked for).
+    Fill {
+        /// Receiver id.
+        receiver: u32,
+        /// Optional shared-secret token.
+        token: Option<String>,
+        /// The complete cache the receiver already holds, if any.
+        have_cache: Option<CacheTag>,
+    },
+    /// The cache just transferred is on disk and hashed right (the server records it).
+    CacheStored,
     /// Answer to `CacheBegin`: send the cache from this byte offset (0 for a fresh start).
     CacheResume {
         /// Bytes of the announced blob the receiver already holds and verified in order.
@@ -55,6 +102,9 @@ pub enum ToServer {
     Progress {
         /// Bytes of the requested content decoded so far.
         bytes: u64,
+        /// Packets dropped so far, by reason (absent from older receivers).
+        #[serde(default)]
+        drops: DropCounts,
     },
     /// The receiver finished (successfully or not).
     Done {
@@ -67,6 +117,12 @@ pub enum ToServer {
     },
     /// Keep-alive.
     Heartbeat,
+    /// First message of a status query (instead of `Hello`): the server answers with
+    /// [`ToReceiver::Status`] (or `Refused`) and closes.
+    Status {
+        /// Optional shared-secret token (required when the server has one).
+        token: Option<String>,
+    },
 }
 
 /// Messages the server sends to a receiver.
@@ -82,6 +138,10 @@ pub enum ToReceiver {
     Accepted {
         /// Session id.
         session: u32,
+        /// Library paths of the contents this session delivers to the receiver, in order
+        /// (directories expanded; on a rejoin, only those not yet delivered).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        contents: Vec<String>,
     },
     /// A cache blob follows as data chunks once the receiver answers with `CacheResume`.
     CacheBegin {
@@ -94,6 +154,11 @@ pub enum ToReceiver {
     },
     /// All data chunks of the blob were sent.
     CacheEnd,
+    /// The cache the receiver holds is the one its slot needs: nothing is transferred.
+    CacheKept {
+        /// What the cache is.
+        tag: CacheTag,
+    },
     /// Where and how the coded multicast will be sent.
     Announce {
         /// Session id.
@@ -116,6 +181,11 @@ pub enum ToReceiver {
     },
     /// Keep-alive.
     Heartbeat,
+    /// Answer to [`ToServer::Status`]: the library, known receivers and the live session.
+    Status {
+        /// The status document (opaque here).
+        status: serde_json::Value,
+    },
 }
 
 /// A control message type of one direction.
@@ -131,23 +201,29 @@ pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync 
 impl Message for ToServer {
     const TYPES: &'static [&'static str] = &[
         "hello",
+        "fill",
+        "cache_stored",
         "cache_resume",
         "ready",
         "nack",
         "progress",
         "done",
         "heartbeat",
+        "status",
     ];
 
     fn type_name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
+            Self::Fill { .. } => "fill",
+            Self::CacheStored => "cache_stored",
             Self::CacheResume { .. } => "cache_resume",
             Self::Ready => "ready",
             Self::Nack { .. } => "nack",
             Self::Progress { .. } => "progress",
             Self::Done { .. } => "done",
             Self::Heartbeat => "heartbeat",
+            Self::Status { .. } => "status",
         }
     }
 
@@ -157,10 +233,20 @@ impl Message for ToServer {
                 "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
                 blocks.len()
             )),
-            Self::Hello { content, .. } if content.is_empty() => {
+            Self::Hello { content, more, .. }
+                if content.is_empty() || more.iter().any(String::is_empty) =>
+            {
                 Err("content id is empty".to_owned())
             }
+            Self::Hello { more, .. } if more.len() >= MAX_CONTENTS => Err(format!(
+                "hello asks for {} contents, more than the {MAX_CONTENTS} allowed",
+                more.len() + 1
+            )),
             Self::Hello {
+                have_cache: Some(tag),
+                ..
+            }
+            | Self::Fill {
                 have_cache: Some(tag),
                 ..
             } => validate_tag(tag),
@@ -175,9 +261,11 @@ impl Message for ToReceiver {
         "accepted",
         "cache_begin",
         "cache_end",
+        "cache_kept",
         "announce",
         "report",
         "heartbeat",
+        "status",
     ];
 
     fn type_name(&self) -> &'static str {
@@ -186,9 +274,11 @@ impl Message for ToReceiver {
             Self::Accepted { .. } => "accepted",
             Self::CacheBegin { .. } => "cache_begin",
             Self::CacheEnd => "cache_end",
+            Self::CacheKept { .. } => "cache_kept",
             Self::Announce { .. } => "announce",
             Self::Report { .. } => "report",
             Self::Heartbeat => "heartbeat",
+            Self::Status { .. } => "status",
         }
     }
 
@@ -211,6 +301,7 @@ impl Message for ToReceiver {
                 }
                 Ok(())
             }
+            Self::CacheKept { tag } => validate_tag(tag),
             _ => Ok(()),
         }
     }
@@ -242,6 +333,8 @@ pub enum Phase {
     Finished,
     /// Refused: nothing more may be exchanged.
     Closed,
+    /// A status query was made; only the answer (or a refusal) may follow.
+    StatusAsked,
 }
 
 impl Phase {
@@ -255,6 +348,7 @@ impl Phase {
             Self::Announced => "during delivery",
             Self::Finished => "after done",
             Self::Closed => "after refused",
+            Self::StatusAsked => "after a status query",
         }
     }
 
@@ -269,7 +363,9 @@ impl Phase {
     fn on_to_server(self, msg: &ToServer) -> Result<Self, ControlError> {
         use Phase::*;
         let next = match (self, msg) {
-            (AwaitHello, ToServer::Hello { .. }) => Greeted,
+            (AwaitHello, ToServer::Hello { .. } | ToServer::Fill { .. }) => Greeted,
+            (AwaitHello, ToServer::Status { .. }) => StatusAsked,
+            (Ready, ToServer::CacheStored) => Ready,
             (CacheOffered, ToServer::CacheResume { .. }) => CacheSending,
             (Announced, ToServer::Ready | ToServer::Nack { .. } | ToServer::Progress { .. }) => {
                 Announced
@@ -293,9 +389,12 @@ impl Phase {
             (Closed, m) => return Err(Closed.refuse(m.type_name())),
             (_, ToReceiver::Refused { .. }) => Closed,
             (Greeted, ToReceiver::Accepted { .. }) => Ready,
+            (StatusAsked, ToReceiver::Status { .. }) => Closed,
             (Ready, ToReceiver::CacheBegin { .. }) => CacheOffered,
             (CacheSending, ToReceiver::CacheEnd) => Ready,
-            (Ready, ToReceiver::Announce { .. }) => Announced,
+            (Ready, ToReceiver::CacheKept { .. }) => Ready,
+            // A receiver that asked for several contents gets one announcement each.
+            (Ready | Finished, ToReceiver::Announce { .. }) => Announced,
             (Announced | Finished, ToReceiver::Report { .. }) => self,
             (AwaitHello, ToReceiver::Heartbeat) => return Err(self.refuse("heartbeat")),
             (p, ToReceiver::Heartbeat) => p,
@@ -420,6 +519,7 @@ mod tests {
             content: "movie".into(),
             token: None,
             have_cache: None,
+            more: Vec::new(),
         }
     }
 
@@ -447,7 +547,14 @@ mod tests {
         };
         up(hello(), &mut s, &mut c);
         up(ToServer::Heartbeat, &mut s, &mut c);
-        down(ToReceiver::Accepted { session: 1 }, &mut s, &mut c);
+        down(
+            ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            },
+            &mut s,
+            &mut c,
+        );
         let begin = ToReceiver::CacheBegin {
             len: 10,
             blake3: blake3::hash(b"x").to_hex().to_string(),
@@ -468,7 +575,14 @@ mod tests {
             fec: serde_json::json!(null),
         };
         down(announce, &mut s, &mut c);
-        up(ToServer::Progress { bytes: 5 }, &mut s, &mut c);
+        up(
+            ToServer::Progress {
+                bytes: 5,
+                drops: DropCounts::default(),
+            },
+            &mut s,
+            &mut c,
+        );
         up(
             ToServer::Done {
                 ok: true,
@@ -486,6 +600,88 @@ mod tests {
             &mut c,
         );
         assert_eq!(s.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn fill_flows_are_accepted_and_kept_caches_skip_the_transfer() {
+        let mut s = ServerExpect::default();
+        let mut c = ClientExpect::default();
+        let fill = ToServer::Fill {
+            receiver: 2,
+            token: None,
+            have_cache: Some(tag()),
+        };
+        c.sent(&fill).unwrap();
+        s.received(&fill).unwrap();
+        for m in [
+            ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new(),
+            },
+            ToReceiver::CacheKept { tag: tag() },
+        ] {
+            s.sent(&m).unwrap();
+            c.received(&m).unwrap();
+        }
+        assert_eq!(s.phase(), Phase::Ready);
+        // A cache that was not offered cannot be resumed; a stored one can be confirmed.
+        assert!(c.sent(&ToServer::CacheResume { offset: 0 }).is_err());
+        c.sent(&ToServer::CacheStored).unwrap();
+        // Kept caches need a valid tag; fills name no content.
+        let bad = ToReceiver::CacheKept {
+            tag: CacheTag {
+                library: String::new(),
+                placement: "p".into(),
+            },
+        };
+        assert!(bad.validate().is_err());
+        let mut fresh = ServerExpect::default();
+        assert!(fresh.received(&ToServer::CacheStored).is_err());
+    }
+
+    #[test]
+    fn several_contents_get_one_announcement_each_and_are_bounded() {
+        let mut c = ClientExpect::default();
+        c.sent(&hello()).unwrap();
+        let announce = ToReceiver::Announce {
+            session: 1,
+            group: "239.1.2.3".into(),
+            port: 5000,
+            plan: serde_json::Value::Null,
+            manifest: serde_json::Value::Null,
+            fec: serde_json::Value::Null,
+        };
+        c.received(&ToReceiver::Accepted {
+            session: 1,
+            contents: vec!["a".into(), "b".into()],
+        })
+        .unwrap();
+        for _ in 0..2 {
+            c.received(&announce).unwrap();
+            c.sent(&ToServer::Ready).unwrap();
+            c.sent(&ToServer::Done {
+                ok: true,
+                detail: String::new(),
+                bytes_received: 1,
+            })
+            .unwrap();
+        }
+        let many = ToServer::Hello {
+            receiver: 1,
+            content: "a".into(),
+            token: None,
+            have_cache: None,
+            more: vec!["b".into(); MAX_CONTENTS],
+        };
+        assert!(many.validate().unwrap_err().contains("contents"));
+        let empty = ToServer::Hello {
+            receiver: 1,
+            content: "a".into(),
+            token: None,
+            have_cache: None,
+            more: vec![String::new()],
+        };
+        assert!(empty.validate().is_err());
     }
 
     #[test]
@@ -527,6 +723,54 @@ mod tests {
         .unwrap();
         assert_eq!(c.phase(), Phase::Closed);
         assert!(c.received(&ToReceiver::Heartbeat).is_err());
+    }
+
+    #[test]
+    fn status_query_gets_one_answer_then_closes() {
+        let mut s = ServerExpect::default();
+        let mut c = ClientExpect::default();
+        let ask = ToServer::Status { token: None };
+        c.sent(&ask).unwrap();
+        s.received(&ask).unwrap();
+        // A status connection never joins a session.
+        assert!(
+            s.sent(&ToReceiver::Accepted {
+                session: 1,
+                contents: Vec::new()
+            })
+            .is_err()
+        );
+        let answer = ToReceiver::Status {
+            status: serde_json::json!({"phase": "gathering"}),
+        };
+        s.sent(&answer).unwrap();
+        c.received(&answer).unwrap();
+        assert_eq!(c.phase(), Phase::Closed);
+        assert!(c.sent(&ToServer::Ready).is_err());
+        // Not after a hello either.
+        let mut late = ClientExpect::default();
+        late.sent(&hello()).unwrap();
+        assert!(late.sent(&ToServer::Status { token: None }).is_err());
+    }
+
+    #[test]
+    fn progress_without_drop_counts_still_decodes() {
+        // Through the wire decoder, as an older receiver would send it.
+        let mut wire = br#"{"v":1,"type":"progress","bytes":7}"#.to_vec();
+        let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
+        assert_eq!(
+            old,
+            ToServer::Progress {
+                bytes: 7,
+                drops: DropCounts::default()
+            }
+        );
+        let partial: ToServer =
+            serde_json::from_str(r#"{"type":"progress","bytes":7,"drops":{"late":3}}"#).unwrap();
+        let ToServer::Progress { drops, .. } = partial else {
+            panic!("{partial:?}")
+        };
+        assert_eq!((drops.late, drops.malformed), (3, 0));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    BlobReceiver, ReceiverChannel, ToReceiver, ToServer,
+    Message, ReceiverChannel, ToReceiver, ToServer,
+    cache::{CacheStore, connect},
+    live::SharedDrops,
     server::{HEARTBEAT, SILENCE},
     session::{MappedFile, PlanAnnouncement, SessionError, field},
 };
@@ -34,8 +36,8 @@ use crate::{
 pub struct ReceiveConfig {
     /// This receiver's id.
     pub receiver: u32,
-    /// Content id or library-relative path.
-    pub content: String,
+    /// Contents to receive, in order: ids, library-relative paths or directories.
+    pub contents: Vec<String>,
     /// Server control address.
     pub server: SocketAddr,
     /// Where the file is written (under its library path).
@@ -93,100 +95,122 @@ pub struct ReceiveSummary {
     pub auth_failed: u64,
 }
 
-/// Live progress for a progress bar: `(file bytes done, file size)`.
-pub type ProgressFn = Box<dyn Fn(u64, u64) + Send>;
+/// Live progress for a progress bar: `(content, file bytes done, file size)`.
+pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
-/// Runs one reception to the end. `stop` aborts it cleanly (Ctrl-C).
+/// Runs one reception to the end: every content asked for, in the order the server
+/// delivers them. `stop` aborts it cleanly (Ctrl-C).
 pub async fn receive(
     cfg: ReceiveConfig,
     stop: Arc<AtomicBool>,
     progress: ProgressFn,
-) -> Result<ReceiveSummary, SessionError> {
+) -> Result<Vec<ReceiveSummary>, SessionError> {
+    let (first, more) = cfg
+        .contents
+        .split_first()
+        .ok_or_else(|| SessionError::Protocol("no content asked for".into()))?;
     let started = Instant::now();
+    // A cache kept from an earlier run is offered only if it still hashes right.
+    let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
+    let (have, discarded) = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.valid()
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    if let Some(why) = discarded {
+        eprintln!(
+            "light: discarded the cache in {}: {why}",
+            cfg.cache_dir.display()
+        );
+    }
     let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
     chan.send(&ToServer::Hello {
         receiver: cfg.receiver,
-        content: cfg.content.clone(),
+        content: first.clone(),
         token: cfg.token.clone(),
-        have_cache: None,
+        have_cache: have.as_ref().map(|(t, _)| t.clone()),
+        more: more.to_vec(),
     })
     .await
     .map_err(SessionError::control("send hello"))?;
     // The server answers once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
-    let session = match chan
+    let contents = match chan
         .recv()
         .await
         .map_err(SessionError::control("wait for the session"))?
     {
-        ToReceiver::Accepted { session } => session,
+        ToReceiver::Accepted { contents, .. } => contents,
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
     chan.set_timeout(Duration::from_secs(120));
-
-    // The cache, written to disk as it streams and verified by BLAKE3.
-    std::fs::create_dir_all(&cfg.cache_dir).map_err(|source| SessionError::Io {
-        op: "create",
-        path: cfg.cache_dir.clone(),
-        source,
-    })?;
-    let cache_path = cfg
-        .cache_dir
-        .join(format!("receiver-{}.cache", cfg.receiver));
-    let cache_len = match chan
-        .recv()
-        .await
-        .map_err(SessionError::control("wait for the cache"))?
-    {
-        ToReceiver::CacheBegin { len, blake3, .. } => {
-            let io = |op| {
-                let path = cache_path.clone();
-                move |source| SessionError::Io { op, path, source }
-            };
-            let (mut state, kept) = resume_cache(&cache_path, len, &blake3)?;
-            if kept > 0 {
-                tracing::info!(kept, len, "reusing the cache already on disk");
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&cache_path)
-                .map_err(io("open"))?;
-            file.set_len(kept).map_err(io("truncate"))?;
-            let mut file = tokio::fs::File::from_std(file);
-            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
-                .await
-                .map_err(io("seek"))?;
-            if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
-                if kept > 0 {
-                    // The kept prefix may be what failed verification: start clean next time.
-                    let _ = std::fs::remove_file(&cache_path);
-                }
-                return Err(SessionError::control("receive the cache")(e));
-            }
-            file.sync_all().await.map_err(io("sync"))?;
-            len
-        }
-        other => {
-            return Err(SessionError::Protocol(format!(
-                "expected the cache, got {other:?}"
-            )));
-        }
+    let cache_path = store.data_path();
+    let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
+    // Older servers name no contents: the one asked for.
+    let contents = if contents.is_empty() {
+        vec![first.clone()]
+    } else {
+        contents
     };
-    let (group, port, announced, manifest, fec) = match chan
-        .recv()
-        .await
-        .map_err(SessionError::control("wait for the announcement"))?
-    {
+    let cache = (cache_path, cache_len);
+    let mut summaries = Vec::new();
+    // One announcement per content (a server that names none delivers one).
+    for _ in 0..contents.len().max(1) {
+        let announce = next_announcement(&mut chan).await?;
+        let mut summary =
+            receive_content(&cfg, &mut chan, announce, &cache, stop.clone(), &progress).await?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.cache_bytes = cache_downloaded;
+        summary.receiver = cfg.receiver;
+        eprintln!("light: verified {}", summary.path);
+        summaries.push(summary);
+    }
+    // The report is a courtesy; do not fail verified files for it.
+    chan.set_timeout(Duration::from_secs(5));
+    while let Ok(ToReceiver::Heartbeat) = chan.recv().await {}
+    Ok(summaries)
+}
+
+/// Waits for the server to announce the next content (it keeps the connection alive with
+/// heartbeats while other receivers' rounds run).
+async fn next_announcement(chan: &mut ReceiverChannel) -> Result<ToReceiver, SessionError> {
+    chan.set_timeout(SILENCE);
+    loop {
+        match chan.recv().await {
+            Ok(ToReceiver::Heartbeat) => continue,
+            Ok(a @ ToReceiver::Announce { .. }) => return Ok(a),
+            Ok(ToReceiver::Refused { reason }) => return Err(SessionError::Refused(reason)),
+            Ok(other) => {
+                return Err(SessionError::Incomplete(format!(
+                    "the session ended before every content was delivered ({})",
+                    other.type_name()
+                )));
+            }
+            Err(e) => return Err(SessionError::ServerLost(e.to_string())),
+        }
+    }
+}
+
+/// Receives one announced content: listens, decodes, verifies, asks for repair, and tells
+/// the server how it went.
+async fn receive_content(
+    cfg: &ReceiveConfig,
+    chan: &mut ReceiverChannel,
+    announce: ToReceiver,
+    (cache_path, cache_len): &(PathBuf, u64),
+    stop: Arc<AtomicBool>,
+    progress: &ProgressFn,
+) -> Result<ReceiveSummary, SessionError> {
+    let (session, group, port, announced, manifest, fec) = match announce {
         ToReceiver::Announce {
+            session,
             group,
             port,
             plan,
             manifest,
             fec,
-            ..
         } => {
             let group: IpAddr = group
                 .parse()
@@ -207,7 +231,7 @@ pub async fn receive(
                 )));
             }
             let fec: FecParams = field(fec, "fec")?;
-            (group, port, announced, manifest, fec)
+            (session, group, port, announced, manifest, fec)
         }
         other => {
             return Err(SessionError::Protocol(format!(
@@ -237,13 +261,25 @@ pub async fn receive(
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (nack_tx, mut nack_rx) = tokio::sync::mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
+    // What the control loop reports to the server every PROGRESS interval.
+    let (done_bytes, drops) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(SharedDrops::default()),
+    );
+    let progress: ProgressFn = {
+        let (done_bytes, progress) = (done_bytes.clone(), progress.clone());
+        Arc::new(move |content, done, size| {
+            done_bytes.store(done, Ordering::Relaxed);
+            progress(content, done, size)
+        })
+    };
     let job = DataJob {
         announced,
         manifest,
         fec,
         session,
         cache_path: cache_path.clone(),
-        cache_len,
+        cache_len: *cache_len,
         out: cfg.out.clone(),
         rx,
         idle: cfg.idle_timeout,
@@ -251,6 +287,7 @@ pub async fn receive(
         abort: abort.clone(),
         nacks: nack_tx,
         progress,
+        drops: drops.clone(),
     };
     std::thread::Builder::new()
         .name("light-rx".into())
@@ -274,7 +311,12 @@ pub async fn receive(
     let mut control_open = true;
     let mut lost: Option<String> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut report = tokio::time::interval(PROGRESS);
     let mut heard = Instant::now();
+    let progress_now = || ToServer::Progress {
+        bytes: done_bytes.load(Ordering::Relaxed),
+        drops: drops.snapshot(),
+    };
     let result = loop {
         tokio::select! {
             r = &mut done_rx => {
@@ -285,6 +327,13 @@ pub async fn receive(
                     chan.send(&ToServer::Nack { blocks })
                         .await
                         .map_err(SessionError::control("send nack"))?;
+                }
+            }
+            _ = report.tick(), if control_open => {
+                if let Err(e) = chan.send(&progress_now()).await {
+                    lost = Some(e.to_string());
+                    control_open = false;
+                    abort.store(true, Ordering::Relaxed);
                 }
             }
             _ = beat.tick(), if control_open => {
@@ -324,6 +373,10 @@ pub async fn receive(
         Ok(s) => (true, format!("verified {}", s.path), s.bytes),
         Err(e) => (false, e.to_string(), 0),
     };
+    if control_open {
+        // The final counts, for the server's status and metrics.
+        let _ = chan.send(&progress_now()).await;
+    }
     let _ = chan
         .send(&ToServer::Done {
             ok,
@@ -331,30 +384,7 @@ pub async fn receive(
             bytes_received: bytes,
         })
         .await;
-    if ok {
-        // The report is a courtesy; do not fail a verified file for it.
-        chan.set_timeout(Duration::from_secs(5));
-        let _ = chan.recv().await;
-    }
-    let mut summary = result?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.cache_bytes = cache_len;
-    summary.receiver = cfg.receiver;
-    Ok(summary)
-}
-
-async fn connect(server: SocketAddr, patience: Duration) -> Result<ReceiverChannel, SessionError> {
-    let deadline = Instant::now() + patience;
-    loop {
-        match ReceiverChannel::connect(server).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(SessionError::control(format!("connect to {server}"))(e));
-            }
-            // Short: a receiver started with its server should not wait long for the bind.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    result
 }
 
 /// The data thread's inputs.
@@ -374,7 +404,12 @@ struct DataJob {
     /// Repair requests for the control channel.
     nacks: tokio::sync::mpsc::UnboundedSender<Vec<[u32; 3]>>,
     progress: ProgressFn,
+    /// Drop counters for the control loop's progress reports.
+    drops: Arc<SharedDrops>,
 }
+
+/// How often a receiver reports its progress to the server during delivery.
+pub const PROGRESS: Duration = Duration::from_secs(1);
 
 /// Silence after an End marker before the receiver reports what it lacks.
 const NACK_QUIET: Duration = Duration::from_millis(300);
@@ -422,7 +457,7 @@ impl DataJob {
                 assembler.stream(m);
             }
         }
-        (self.progress)(from_cache, size);
+        (self.progress)(&content, from_cache, size);
 
         // Decoding and writing run on their own thread, so a completed message (up to a
         // subfile long) never stalls the ring the packets arrive on.
@@ -511,6 +546,7 @@ impl DataJob {
                     let _ = msg_tx.send(event);
                 }
             })?;
+            self.drops.record(&assembler.stats(), auth_failed);
             let now = Instant::now();
             if n > 0 {
                 if first.is_none() {
@@ -519,7 +555,7 @@ impl DataJob {
                 first.get_or_insert(now);
                 last_packet = now;
                 idle_nacked = false;
-                (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+                (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
             }
             let quiet = now - last_packet;
             // A pass ended (a newer End marker than the last one answered), or everything
@@ -561,7 +597,7 @@ impl DataJob {
             .join()
             .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
         tracing::info!("decoded and written");
-        (self.progress)(from_cache + decoded.load(Ordering::Relaxed), size);
+        (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
         let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
         let stats = assembler.stats();
         if self.stop.load(Ordering::Relaxed) {
@@ -610,42 +646,4 @@ impl DataJob {
             auth_failed,
         })
     }
-}
-
-/// Picks up a cache already on disk: bytes that are a prefix of the announced cache are
-/// kept (the BLAKE3 of the whole, checked at the end of the transfer, vouches for them),
-/// so a restarted receiver only downloads what it lacks. Returns the transfer state and
-/// how many bytes were kept.
-fn resume_cache(
-    path: &std::path::Path,
-    len: u64,
-    blake3_hex: &str,
-) -> Result<(BlobReceiver, u64), SessionError> {
-    let fresh =
-        || BlobReceiver::new(len, blake3_hex).map_err(SessionError::control("cache header"));
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Ok((fresh()?, 0));
-    };
-    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if have == 0 || have > len {
-        return Ok((fresh()?, 0));
-    }
-    let mut state = fresh()?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < have {
-        let n = match std::io::Read::read(&mut f, &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n.min((have - offset) as usize),
-        };
-        if state.accept(offset, &buf[..n]).is_err() {
-            return Ok((fresh()?, 0));
-        }
-        offset += n as u64;
-    }
-    // A complete file that does not hash right is stale or damaged: download it again.
-    if offset == len && state.finish().is_err() {
-        return Ok((fresh()?, 0));
-    }
-    Ok((state, offset))
 }

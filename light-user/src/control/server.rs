@@ -13,7 +13,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::{
-    CacheTag, ServerChannel, ToReceiver, ToServer,
+    CacheTag, ControlError, ServerChannel, ToReceiver, ToServer,
+    live::{Live, SessionPhase},
+    placement::{Placement, place},
     session::{MappedFile, PlanAnnouncement, SessionError},
 };
 use crate::{
@@ -62,6 +64,8 @@ pub struct ServeConfig {
     pub authenticate_packets: bool,
     /// How long receivers get after the pass to report.
     pub done_timeout: Duration,
+    /// Where to serve Prometheus metrics over HTTP (`None`: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// One receiver's line in the report.
@@ -184,8 +188,113 @@ impl SessionReport {
 /// A receiver admitted to the session.
 struct Admitted {
     id: u32,
-    content: ContentInfo,
+    /// The contents it asked for, one per delivery round.
+    contents: Vec<ContentInfo>,
+    /// Its report line per content.
+    rows: Vec<usize>,
     chan: ServerChannel,
+    /// Its cache slot in the placement.
+    slot: u32,
+    /// The cache it says it holds.
+    have: Option<CacheTag>,
+    /// A message (or error) read while only progress was expected, not yet handled.
+    pending: Option<Result<ToServer, ControlError>>,
+}
+
+impl Admitted {
+    /// The next message: one read ahead if any, else the channel's next. Cancel-safe.
+    async fn next_message(&mut self) -> Result<ToServer, ControlError> {
+        match self.pending.take() {
+            Some(m) => m,
+            None => self.chan.recv().await,
+        }
+    }
+}
+
+/// What the connection handlers share with the session.
+struct Shared {
+    catalog: Arc<Mutex<Catalog>>,
+    placement: Arc<Placement>,
+    files: Arc<Vec<MappedFile>>,
+    token: Option<String>,
+    session: u32,
+    /// Receivers admitted to the session: their cache slots are not given away.
+    in_session: Mutex<Vec<u32>>,
+    /// What the session is doing, for status and metrics.
+    live: Arc<Live>,
+}
+
+impl Shared {
+    fn admits(&self, token: Option<&str>) -> bool {
+        self.token.is_none() || same_secret(token, self.token.as_deref())
+    }
+
+    fn slot_of(&self, receiver: u32) -> Result<u32, String> {
+        let busy = self
+            .in_session
+            .lock()
+            .map_err(|_| "session lock poisoned".to_owned())?
+            .clone();
+        let catalog = self
+            .catalog
+            .lock()
+            .map_err(|_| "catalog lock poisoned".to_owned())?;
+        self.placement
+            .slot_of(&catalog, receiver, &busy)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Serves one `light cache fill` connection: the receiver's cache, outside the session.
+async fn serve_fill(
+    mut chan: ServerChannel,
+    receiver: u32,
+    token: Option<String>,
+    have: Option<CacheTag>,
+    shared: &Shared,
+) {
+    let slot = if shared.admits(token.as_deref()) {
+        shared.slot_of(receiver)
+    } else {
+        Err("missing or wrong token".to_owned())
+    };
+    let slot = match slot {
+        Ok(s) => s,
+        Err(reason) => {
+            eprintln!("light: refused to fill receiver {receiver}'s cache: {reason}");
+            let _ = chan.send(&ToReceiver::Refused { reason }).await;
+            return;
+        }
+    };
+    if chan
+        .send(&ToReceiver::Accepted {
+            session: shared.session,
+            contents: Vec::new(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    chan.set_timeout(Duration::from_secs(60));
+    match place(
+        &mut chan,
+        receiver,
+        slot,
+        have.as_ref(),
+        &shared.placement,
+        &shared.files,
+        &shared.catalog,
+    )
+    .await
+    {
+        Ok(0) => eprintln!("light: receiver {receiver}'s cache (slot {slot}) is already valid"),
+        Ok(n) => {
+            shared.live.cache_filled(n);
+            eprintln!("light: filled receiver {receiver}'s cache (slot {slot}, {n} bytes)")
+        }
+        Err(e) => eprintln!("light: filling receiver {receiver}'s cache failed: {e}"),
+    }
 }
 
 /// Payload bytes per packet for an MTU: IPv6 + UDP + Light headers subtracted, rounded
@@ -222,9 +331,43 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         "light: server key {} (receivers pin it with --server-key)",
         signer.public_hex()
     );
-    let catalog = Arc::new(Mutex::new(catalog));
+    let live = Arc::new(Live::new(&cfg.library));
+    let _metrics = live
+        .start(cfg.metrics)
+        .await
+        .map_err(|source| SessionError::Io {
+            op: "serve metrics on",
+            path: format!("{:?}", cfg.metrics).into(),
+            source,
+        })?;
+    let unfinished = catalog.fail_unfinished_sessions()?;
+    if unfinished > 0 {
+        eprintln!("light: {unfinished} earlier session(s) never ended; recorded as failed");
+    }
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
+    let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
+    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
+    let receivers = u32::try_from(cfg.receivers)
+        .map_err(|_| SessionError::Protocol("too many receivers".into()))?;
+    // The caches of the K receiver slots, as the catalog recorded them (or now records).
+    let placement = Arc::new(Placement::load_or_create(
+        &catalog,
+        &contents,
+        PlanInput {
+            receivers,
+            file_lens: file_lens.clone(),
+            budget: cfg.budget,
+            scheme: cfg.scheme,
+            demands: vec![0; cfg.receivers],
+            seed: rand::random(),
+            // A subfile shorter than one FEC block wastes parity and packets.
+            min_subfile_bytes: (fec.symbol_size * usize::from(fec.source_per_block)) as u64,
+            packet_bytes: (fec.symbol_size * 64) as u64,
+        },
+    )?);
+    let files = Arc::new(map_files(&cfg.library, &contents)?);
+    let catalog = Arc::new(Mutex::new(catalog));
     let listener = TcpListener::bind(cfg.bind)
         .await
         .map_err(|source| SessionError::Io {
@@ -239,23 +382,67 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         cfg.bind,
         cfg.receivers
     );
+    let shared = Arc::new(Shared {
+        catalog: catalog.clone(),
+        placement: placement.clone(),
+        files: files.clone(),
+        token: cfg.token.clone(),
+        session,
+        in_session: Mutex::new(Vec::new()),
+        live: live.clone(),
+    });
 
-    let (admitted, mut outcomes) = gather(&cfg, &listener, &catalog, session).await?;
-    // Late arrivals are told why they cannot join rather than left hanging.
-    let (late_catalog, late_token) = (catalog.clone(), cfg.token.clone());
+    let (admitted, mut outcomes) = gather(&cfg, &listener, &shared).await?;
+    // Late arrivals are told why they cannot join rather than left hanging, unless they
+    // are receivers of this session coming back (they rejoin); cache fills and status
+    // queries are served all the same.
+    let (rejoin_tx, mut rejoins) = tokio::sync::mpsc::channel::<Rejoin>(16);
+    let late_shared = shared.clone();
     let late = tokio::spawn(async move {
         while let Ok((mut chan, _)) = ServerChannel::accept(&listener).await {
-            let (catalog, want) = (late_catalog.clone(), late_token.clone());
+            let (shared, rejoin_tx) = (late_shared.clone(), rejoin_tx.clone());
             tokio::spawn(async move {
-                let Ok(ToServer::Hello { content, token, .. }) = chan.recv().await else {
-                    return;
+                chan.set_timeout(Duration::from_secs(10));
+                let (receiver, content, token, have) = match chan.recv().await {
+                    Ok(ToServer::Hello {
+                        receiver,
+                        content,
+                        token,
+                        have_cache,
+                        ..
+                    }) => (receiver, content, token, have_cache),
+                    Ok(ToServer::Fill {
+                        receiver,
+                        token,
+                        have_cache,
+                    }) => return serve_fill(chan, receiver, token, have_cache, &shared).await,
+                    Ok(ToServer::Status { token }) => {
+                        return answer_status(chan, token, &shared).await;
+                    }
+                    _ => return,
                 };
+                let admits = shared.admits(token.as_deref());
+                let member = shared
+                    .in_session
+                    .lock()
+                    .is_ok_and(|s| s.contains(&receiver));
+                if admits && member {
+                    let _ = rejoin_tx
+                        .send(Rejoin {
+                            receiver,
+                            have,
+                            chan,
+                        })
+                        .await;
+                    return;
+                }
+                shared.live.refused();
                 // The most useful reason first: a wrong token or unknown content would be
                 // refused in any session.
-                let reason = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                let reason = if !admits {
                     "missing or wrong token".to_owned()
                 } else {
-                    match catalog.lock().map(|c| c.resolve(&content)) {
+                    match shared.catalog.lock().map(|c| c.resolve_many(&content)) {
                         Ok(Err(e)) => e.to_string(),
                         _ => "the session has already started".to_owned(),
                     }
@@ -265,105 +452,120 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         }
     });
 
-    let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
     let index_of: BTreeMap<u32, u32> = contents
         .iter()
         .enumerate()
         .map(|(i, c)| (c.id, i as u32))
         .collect();
-    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
-    let input = PlanInput {
-        receivers: admitted.len() as u32,
-        file_lens: file_lens.clone(),
-        budget: cfg.budget,
-        scheme: cfg.scheme,
-        demands: admitted.iter().map(|a| index_of[&a.content.id]).collect(),
-        seed: rand::random(),
-        // A subfile shorter than one FEC block wastes parity and packets.
-        min_subfile_bytes: (fec.symbol_size * usize::from(fec.source_per_block)) as u64,
-        packet_bytes: (fec.symbol_size * 64) as u64,
-    };
-    let plan_input = input.clone();
-    let plan = Arc::new(
-        tokio::task::spawn_blocking(move || plan(&plan_input))
+    // Round r serves every receiver's r-th content: one plan per round, all on the same
+    // placement, so a receiver asking for several contents uses its one cache for each.
+    let rounds = admitted.iter().map(|a| a.contents.len()).max().unwrap_or(0);
+    let mut plans = Vec::new();
+    for r in 0..rounds {
+        let mut demands = vec![None; cfg.receivers];
+        for a in admitted.iter().filter(|a| a.contents.len() > r) {
+            demands[a.slot as usize] = Some(index_of[&a.contents[r].id]);
+        }
+        let input = placement.session_input(&demands);
+        let plan_input = input.clone();
+        let plan = tokio::task::spawn_blocking(move || plan(&plan_input))
             .await
-            .map_err(|e| SessionError::Protocol(format!("planner task: {e}")))??,
-    );
-    eprintln!(
-        "light: plan: {}; t = {:.3}; rate {:.4} files; {} messages, {} payload bytes",
-        plan.scheme(),
-        plan.t(),
-        plan.theoretical_rate(),
-        plan.messages().len(),
-        plan.payload_bytes()
-    );
-    let session_row = catalog
-        .lock()
-        .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))?
-        .record_session_start(&input)?;
+            .map_err(|e| SessionError::Protocol(format!("planner task: {e}")))??;
+        eprintln!(
+            "light: plan{}: {}; t = {:.3}; rate {:.4} files; {} messages, {} payload bytes",
+            if rounds > 1 {
+                format!(" (round {} of {rounds})", r + 1)
+            } else {
+                String::new()
+            },
+            plan.scheme(),
+            plan.t(),
+            plan.theoretical_rate(),
+            plan.messages().len(),
+            plan.payload_bytes()
+        );
+        plans.push((input, Arc::new(plan)));
+    }
+    let session_row = {
+        let c = catalog
+            .lock()
+            .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))?;
+        match plans.as_slice() {
+            [(input, _)] => c.record_session_start(input)?,
+            many => c.record_session_start(&many.iter().map(|(i, _)| i).collect::<Vec<_>>())?,
+        }
+    };
+    live.session_started(session);
+    live.set_phase(SessionPhase::Placing);
 
-    let files = Arc::new(map_files(&cfg.library, &contents)?);
-    let library_tag = blake3::hash(&contents.iter().flat_map(|c| c.root.0).collect::<Vec<u8>>())
-        .to_hex()
-        .to_string();
     let start = Instant::now();
+    // One report line per (receiver, content).
+    let mut admitted = admitted;
+    for a in &mut admitted {
+        for c in &a.contents {
+            a.rows.push(outcomes.len());
+            outcomes.push(ReceiverOutcome {
+                receiver: a.id,
+                content: c.path.clone(),
+                outcome: "not delivered".into(),
+                placed_bytes: 0,
+                seconds: None,
+            });
+        }
+    }
 
-    // Place caches and announce, all receivers in parallel; each comes back when Ready.
+    let roster: BTreeMap<u32, Member> = admitted
+        .iter()
+        .map(|a| {
+            let m = Member {
+                slot: a.slot,
+                contents: a.contents.clone(),
+                rows: a.rows.clone(),
+            };
+            (a.id, m)
+        })
+        .collect();
+
+    // Caches, all receivers in parallel.
     let mut tasks = Vec::new();
-    for (slot, a) in admitted.into_iter().enumerate() {
-        let (plan, files, input, catalog) =
-            (plan.clone(), files.clone(), input.clone(), catalog.clone());
-        let tag = CacheTag {
-            library: library_tag.clone(),
-            placement: blake3::hash(
-                format!(
-                    "{}/{slot}",
-                    serde_json::to_string(&input).unwrap_or_default()
-                )
-                .as_bytes(),
-            )
-            .to_hex()
-            .to_string(),
-        };
-        let ann = Announcement {
-            session,
-            group: cfg.group,
-            port: cfg.port,
-            fec,
-            key: key.as_ref().map(PacketKey::to_hex),
-            signer: signer.clone(),
-        };
+    for mut a in admitted {
+        live.receiver_state(a.id, "placing");
+        let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
-            let r =
-                place_and_announce(a, slot as u32, &plan, &files, input, tag, catalog, ann).await;
-            (slot, r)
+            a.chan.set_timeout(Duration::from_secs(60));
+            let r = place(
+                &mut a.chan,
+                a.id,
+                a.slot,
+                a.have.as_ref(),
+                &shared.placement,
+                &shared.files,
+                &shared.catalog,
+            )
+            .await;
+            (a, r)
         }));
     }
-    let mut ready = Vec::new();
+    let mut pool = Vec::new();
     let mut placed_total = 0;
     for t in tasks {
-        let (slot, r) = t
+        let (a, r) = t
             .await
             .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
         match r {
-            Ok((a, placed)) => {
+            Ok(placed) => {
+                live.placed(a.id, placed);
                 placed_total += placed;
-                outcomes.push(ReceiverOutcome {
-                    receiver: a.id,
-                    content: a.content.path.clone(),
-                    outcome: "lost: no report".into(),
-                    placed_bytes: placed,
-                    seconds: None,
-                });
-                ready.push((outcomes.len() - 1, a));
+                outcomes[a.rows[0]].placed_bytes = placed;
+                pool.push(a);
             }
-            Err((id, content, e)) => outcomes.push(ReceiverOutcome {
-                receiver: id,
-                content,
-                outcome: format!("failed before the multicast (slot {slot}): {e}"),
-                placed_bytes: 0,
-                seconds: None,
-            }),
+            Err(e) => {
+                let outcome = format!("failed before the multicast (slot {}): {e}", a.slot);
+                live.outcome(a.id, &outcome);
+                for &row in &a.rows {
+                    outcomes[row].outcome.clone_from(&outcome);
+                }
+            }
         }
     }
 
@@ -379,25 +581,250 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             &name,
         )?));
     }
-    let passes = PassThread::spawn(plan.clone(), files.clone(), fec, session, tx, key);
+    let mut totals = Totals::default();
+    // Receivers done with the session before its last round (they still get the report).
+    let mut spent = Vec::new();
+    for (r, (input, plan)) in plans.iter().enumerate() {
+        let (part, idle): (Vec<Admitted>, Vec<Admitted>) =
+            pool.drain(..).partition(|a| a.contents.len() > r);
+        let round = Round {
+            index: r,
+            // Each round has its own session id in the packets: stragglers of the last
+            // round cannot be taken for this one's.
+            session: session.wrapping_add(2 * r as u32),
+            plan: plan.clone(),
+            input: input.clone(),
+            ann: Announcement {
+                group: cfg.group,
+                port: cfg.port,
+                fec,
+                key: key.as_ref().map(PacketKey::to_hex),
+                signer: signer.clone(),
+            },
+        };
+        let (idle, done) = with_heartbeats(
+            idle,
+            deliver(
+                &cfg,
+                &round,
+                part,
+                &shared,
+                &roster,
+                tx.clone(),
+                key.clone(),
+                &mut rejoins,
+                &mut outcomes,
+                &mut totals,
+            ),
+            &live,
+        )
+        .await;
+        pool = idle;
+        // Receivers that lost or failed a content are not asked for their next ones.
+        for a in done? {
+            if outcomes[a.rows[r]].outcome == "verified" {
+                pool.push(a);
+            } else {
+                let why = format!("not delivered: {} failed", a.contents[r].path);
+                for &row in &a.rows[r + 1..] {
+                    outcomes[row].outcome.clone_from(&why);
+                }
+                spent.push(a);
+            }
+        }
+    }
+    late.abort();
+
+    let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
+    // Receivers that verified something: the pass goodput is per receiver.
+    let served = outcomes
+        .iter()
+        .filter(|o| o.outcome == "verified")
+        .map(|o| o.receiver)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let report = SessionReport {
+        session,
+        scheme: plans
+            .first()
+            .map(|(_, p)| p.scheme().to_string())
+            .unwrap_or_default(),
+        t: plans.first().map_or(0.0, |(_, p)| p.t()),
+        subpacketization: plans.first().map_or(0, |(_, p)| p.subpacketization()),
+        theoretical_rate: plans.iter().map(|(_, p)| p.theoretical_rate()).sum(),
+        measured_rate: totals.payload_bytes as f64 / mean_file.max(1.0),
+        plan_payload_bytes: plans.iter().map(|(_, p)| p.payload_bytes()).sum(),
+        multicast_bytes: totals.udp_bytes,
+        multicast_packets: totals.packets,
+        repair_rounds: totals.repair_rounds,
+        repair_bytes: totals.repair_bytes,
+        repair_packets: totals.repair_packets,
+        uncoded_bytes: totals.uncoded_bytes,
+        placed_bytes: placed_total,
+        seconds: start.elapsed().as_secs_f64(),
+        multicast_seconds: totals.pass_secs,
+        multicast_gbps: totals.delivered_bytes as f64 * 8.0
+            / totals.pass_secs.max(1e-9)
+            / 1e9
+            / served.max(1) as f64,
+        gso: totals.gso.clone(),
+        fec,
+        receivers: outcomes,
+    };
+    for mut a in pool.into_iter().chain(spent) {
+        let summary = serde_json::to_value(&report).unwrap_or_default();
+        let _ = a.chan.send(&ToReceiver::Report { summary }).await;
+    }
+    live.session_ended(report.all_verified());
+    let outcome = if report.all_verified() {
+        SessionOutcome::Completed
+    } else {
+        SessionOutcome::Partial
+    };
+    if let Ok(c) = catalog.lock() {
+        c.record_session_end(
+            session_row,
+            outcome,
+            report.multicast_bytes,
+            report.placed_bytes,
+        )?;
+    }
+    Ok(report)
+}
+
+/// What the session delivers to one admitted receiver.
+struct Member {
+    slot: u32,
+    contents: Vec<ContentInfo>,
+    rows: Vec<usize>,
+}
+
+/// A receiver of the session reconnecting after it lost its connection.
+struct Rejoin {
+    receiver: u32,
+    have: Option<CacheTag>,
+    chan: ServerChannel,
+}
+
+/// One delivery round: a plan for one content per participating receiver.
+struct Round {
+    index: usize,
+    session: u32,
+    plan: Arc<Plan>,
+    input: PlanInput,
+    ann: Announcement,
+}
+
+/// What the rounds sent, summed for the report.
+#[derive(Default)]
+struct Totals {
+    payload_bytes: u64,
+    udp_bytes: u64,
+    packets: u64,
+    repair_rounds: u32,
+    repair_bytes: u64,
+    repair_packets: u64,
+    uncoded_bytes: u64,
+    pass_secs: f64,
+    /// Requested-file bytes of the contents delivered, summed over receivers.
+    delivered_bytes: u64,
+    gso: String,
+}
+
+/// Announces `round` to its receivers, multicasts it and runs repair rounds until every
+/// one of them verified, failed or was lost; receivers of the session that reconnect
+/// meanwhile rejoin. Returns the receivers still connected.
+#[allow(clippy::too_many_arguments)] // The session's state, threaded through one round.
+async fn deliver(
+    cfg: &ServeConfig,
+    round: &Round,
+    part: Vec<Admitted>,
+    shared: &Arc<Shared>,
+    roster: &BTreeMap<u32, Member>,
+    tx: TxConfig,
+    key: Option<PacketKey>,
+    rejoins: &mut tokio::sync::mpsc::Receiver<Rejoin>,
+    outcomes: &mut [ReceiverOutcome],
+    totals: &mut Totals,
+) -> Result<Vec<Admitted>, SessionError> {
+    let (r, live) = (round.index, &shared.live);
+    let slots: Vec<u32> = part.iter().map(|a| a.slot).collect();
+    let mut failed = Vec::new();
+    let mut ready = Vec::new();
+    let tasks: Vec<_> = part
+        .into_iter()
+        .map(|a| {
+            live.content(a.id, &a.contents[r].path, a.contents[r].size);
+            let (shared, input, session, ann) = (
+                shared.clone(),
+                round.input.clone(),
+                round.session,
+                round.ann.clone(),
+            );
+            tokio::spawn(async move { announce(a, r, input, session, &shared, ann).await })
+        })
+        .collect();
+    for t in tasks {
+        match t
+            .await
+            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?
+        {
+            Ok(a) => ready.push(a),
+            Err((a, e)) => {
+                let outcome = format!("failed before the multicast: {e}");
+                live.outcome(a.id, &outcome);
+                outcomes[a.rows[r]].outcome = outcome;
+                failed.push(a);
+            }
+        }
+    }
+    totals.uncoded_bytes += uncoded_bytes(&round.plan, &slots);
+
+    let passes = PassThread::spawn(
+        round.plan.clone(),
+        shared.files.clone(),
+        round.ann.fec,
+        round.session,
+        tx,
+        key,
+        live,
+    );
+    live.set_phase(SessionPhase::Multicast);
+    for a in &ready {
+        live.receiver_state(a.id, "receiving");
+    }
     let pass_started = Instant::now();
-    let (back, pass) = with_heartbeats(ready, passes.run(PassCmd::First)).await;
+    let (back, pass) = with_heartbeats(ready, passes.run(PassCmd::First), live).await;
     let pass = pass?.0;
-    let mut ready = back;
+    live.pass_done(false, &pass);
     let pass_secs = pass_started.elapsed().as_secs_f64();
+    totals.payload_bytes += pass.payload_bytes;
+    totals.udp_bytes += pass.udp_bytes;
+    totals.packets += pass.packets;
+    totals.pass_secs += pass_secs;
+    totals.gso = format!("{:?}", pass.send.gso);
 
     // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
     // blocks get more parity, once for all who miss them.
-    let (mut repair_rounds, mut repair_bytes, mut repair_packets) = (0u32, 0u64, 0u64);
-    let mut active = std::mem::take(&mut ready);
-    let mut finished = Vec::new();
+    let mut active = back;
+    let mut finished: Vec<Admitted> = failed;
     // Rounds go on while they help: a round that leaves more shards missing than the best
     // so far counts against a small budget of stalls.
     let (mut best, mut stalls) = (u64::MAX, 0);
-    for round in 0..=MAX_REPAIR_ROUNDS {
+    let mut grace = true;
+    for repair in 0..=MAX_REPAIR_ROUNDS {
+        // Receivers that reconnected take their place again (their old connection is dead).
+        while let Ok(j) = rejoins.try_recv() {
+            if let Some(a) = rejoin(j, round, roster, shared).await {
+                active.retain(|o| o.id != a.id);
+                finished.retain(|o| o.id != a.id);
+                outcomes[a.rows[r]].outcome = "rejoined".into();
+                active.push(a);
+            }
+        }
         let mut waits = Vec::new();
-        for (i, mut a) in active.drain(..) {
-            let timeout = cfg.done_timeout;
+        for mut a in active.drain(..) {
+            let (timeout, live) = (cfg.done_timeout, live.clone());
             waits.push(tokio::spawn(async move {
                 // Receivers heartbeat every HEARTBEAT; a long silence means they are gone.
                 a.chan.set_timeout(timeout);
@@ -405,9 +832,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 let mut heard = Instant::now();
                 let verdict = loop {
                     tokio::select! {
-                        msg = a.chan.recv() => {
+                        msg = a.next_message() => {
                             heard = Instant::now();
                             match msg {
+                                Ok(ToServer::Progress { bytes, drops }) => {
+                                    live.progress(a.id, bytes, drops);
+                                }
                                 Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
                                 Ok(ToServer::Done { ok: false, detail, .. }) => {
                                     break Verdict::Failed(detail);
@@ -429,30 +859,55 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                         }
                     }
                 };
-                (i, a, verdict, pass_started.elapsed().as_secs_f64())
+                (a, verdict, pass_started.elapsed().as_secs_f64())
             }));
         }
         let mut requests: BTreeMap<(u32, u32), u16> = BTreeMap::new();
+        let mut lost_any = false;
         for w in waits {
-            let (i, a, verdict, t) = w
+            let (a, verdict, t) = w
                 .await
                 .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+            let i = a.rows[r];
             outcomes[i].seconds = Some(t - pass_secs);
             match verdict {
-                Verdict::Verified => outcomes[i].outcome = "verified".into(),
+                Verdict::Verified => {
+                    outcomes[i].outcome = "verified".into();
+                    totals.delivered_bytes += a.contents[r].size;
+                }
                 Verdict::Failed(d) => outcomes[i].outcome = format!("failed: {d}"),
-                Verdict::Lost(e) => outcomes[i].outcome = format!("lost: {e}"),
+                Verdict::Lost(e) => {
+                    lost_any = true;
+                    outcomes[i].outcome = format!("lost: {e}");
+                    live.outcome(a.id, &outcomes[i].outcome);
+                    continue;
+                }
                 Verdict::Nack(blocks) => {
+                    live.receiver_state(a.id, format!("repairing (round {repair})"));
                     for [m, b, n] in blocks {
                         let e = requests.entry((m, b)).or_insert(0);
                         *e = (*e).max(n.min(u32::from(u16::MAX)) as u16);
                     }
-                    outcomes[i].outcome = format!("incomplete after {round} repair rounds");
-                    active.push((i, a));
+                    outcomes[i].outcome = format!("incomplete after {repair} repair rounds");
+                    active.push(a);
                     continue;
                 }
             }
+            live.outcome(a.id, &outcomes[i].outcome);
             finished.push(a);
+        }
+        if active.is_empty() && lost_any && grace {
+            // A receiver that dropped out may be restarting: give it a moment to rejoin
+            // before the round ends.
+            grace = false;
+            if let Ok(Some(j)) = tokio::time::timeout(REJOIN_GRACE, rejoins.recv()).await
+                && let Some(a) = rejoin(j, round, roster, shared).await
+            {
+                finished.retain(|o| o.id != a.id);
+                outcomes[a.rows[r]].outcome = "rejoined".into();
+                active.push(a);
+                continue;
+            }
         }
         let asked: u64 = requests.values().map(|&n| u64::from(n)).sum();
         if asked < best {
@@ -460,15 +915,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         } else {
             stalls += 1;
         }
-        if active.is_empty() || round == MAX_REPAIR_ROUNDS || stalls > MAX_REPAIR_STALLS {
+        if active.is_empty() || repair == MAX_REPAIR_ROUNDS || stalls > MAX_REPAIR_STALLS {
             break;
         }
+        if requests.is_empty() {
+            // Only rejoined receivers, which have not said what they lack yet.
+            continue;
+        }
         let blocks = requests.len();
-        let (back, repaired) = with_heartbeats(active, passes.run(PassCmd::Repair(requests))).await;
+        live.set_phase(SessionPhase::Repair(repair + 1));
+        let (back, repaired) =
+            with_heartbeats(active, passes.run(PassCmd::Repair(requests)), live).await;
         active = back;
         let (stats, exhausted) = repaired?;
+        live.pass_done(true, &stats);
         tracing::info!(
-            round = round + 1,
+            round = repair + 1,
             receivers = active.len(),
             blocks,
             asked,
@@ -482,66 +944,94 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                 "blocks ran out of repair parity; their sources were resent"
             );
         }
-        repair_rounds += 1;
-        repair_bytes += stats.udp_bytes;
-        repair_packets += stats.packets;
+        totals.repair_rounds += 1;
+        totals.repair_bytes += stats.udp_bytes;
+        totals.repair_packets += stats.packets;
     }
-    finished.extend(active.into_iter().map(|(_, a)| a));
-    late.abort();
-
-    let mean_file = file_lens.iter().sum::<u64>() as f64 / file_lens.len() as f64;
-    let delivered: u64 = outcomes.iter().filter(|o| o.outcome == "verified").count() as u64;
-    let demanded_mean = if delivered > 0 {
-        finished.iter().map(|a| a.content.size).sum::<u64>() as f64 / finished.len().max(1) as f64
-    } else {
-        0.0
-    };
-    let report = SessionReport {
-        session,
-        scheme: plan.scheme().to_string(),
-        t: plan.t(),
-        subpacketization: plan.subpacketization(),
-        theoretical_rate: plan.theoretical_rate(),
-        measured_rate: pass.payload_bytes as f64 / mean_file.max(1.0),
-        plan_payload_bytes: plan.payload_bytes(),
-        multicast_bytes: pass.udp_bytes,
-        multicast_packets: pass.packets,
-        repair_rounds,
-        repair_bytes,
-        repair_packets,
-        uncoded_bytes: uncoded_bytes(&plan),
-        placed_bytes: placed_total,
-        seconds: start.elapsed().as_secs_f64(),
-        multicast_seconds: pass_secs,
-        multicast_gbps: demanded_mean * 8.0 / pass_secs.max(1e-9) / 1e9,
-        gso: format!("{:?}", pass.send.gso),
-        fec,
-        receivers: outcomes,
-    };
-    for mut a in finished {
-        let summary = serde_json::to_value(&report).unwrap_or_default();
-        let _ = a.chan.send(&ToReceiver::Report { summary }).await;
-    }
-    let outcome = if report.all_verified() {
-        SessionOutcome::Completed
-    } else {
-        SessionOutcome::Partial
-    };
-    if let Ok(c) = catalog.lock() {
-        c.record_session_end(
-            session_row,
-            outcome,
-            report.multicast_bytes,
-            report.placed_bytes,
-        )?;
-    }
-    Ok(report)
+    finished.extend(active.into_iter().inspect(|a| {
+        live.outcome(a.id, &outcomes[a.rows[r]].outcome);
+    }));
+    Ok(finished)
 }
 
-/// Bytes that sending every receiver the uncached part of its file would take.
-fn uncoded_bytes(plan: &Plan) -> u64 {
-    (0..plan.receivers())
-        .map(|r| {
+/// How long a round that lost a receiver waits for it to reconnect before it ends.
+const REJOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Takes a reconnected receiver back into `round`: its cache (normally kept), the
+/// announcement, and its Ready. `None` (with the reason sent) when it cannot rejoin.
+async fn rejoin(
+    j: Rejoin,
+    round: &Round,
+    roster: &BTreeMap<u32, Member>,
+    shared: &Arc<Shared>,
+) -> Option<Admitted> {
+    let Rejoin {
+        receiver,
+        have,
+        mut chan,
+    } = j;
+    let r = round.index;
+    let Some(m) = roster.get(&receiver).filter(|m| m.contents.len() > r) else {
+        let reason = "this receiver has no content left in the running session".to_owned();
+        let _ = chan.send(&ToReceiver::Refused { reason }).await;
+        return None;
+    };
+    let accepted = ToReceiver::Accepted {
+        session: shared.session,
+        contents: m.contents[r..].iter().map(|c| c.path.clone()).collect(),
+    };
+    if chan.send(&accepted).await.is_err() {
+        return None;
+    }
+    eprintln!("light: receiver {receiver} rejoins the session");
+    chan.set_timeout(Duration::from_secs(60));
+    if let Err(e) = place(
+        &mut chan,
+        receiver,
+        m.slot,
+        have.as_ref(),
+        &shared.placement,
+        &shared.files,
+        &shared.catalog,
+    )
+    .await
+    {
+        eprintln!("light: receiver {receiver} could not rejoin: {e}");
+        return None;
+    }
+    let a = Admitted {
+        id: receiver,
+        contents: m.contents.clone(),
+        rows: m.rows.clone(),
+        chan,
+        slot: m.slot,
+        have,
+        pending: None,
+    };
+    match announce(
+        a,
+        r,
+        round.input.clone(),
+        round.session,
+        shared,
+        round.ann.clone(),
+    )
+    .await
+    {
+        Ok(a) => Some(a),
+        Err((_, e)) => {
+            eprintln!("light: receiver {receiver} could not rejoin: {e}");
+            None
+        }
+    }
+}
+
+/// Bytes that sending every receiver present (by slot) the uncached part of its file would
+/// take.
+fn uncoded_bytes(plan: &Plan, present: &[u32]) -> u64 {
+    present
+        .iter()
+        .map(|&r| {
             let file = plan.demand(r).unwrap_or(0) as usize;
             let cached: u64 = plan.cached_parts_of_demand(r).iter().map(|p| p.len).sum();
             plan.file_lens()[file] - cached
@@ -549,57 +1039,83 @@ fn uncoded_bytes(plan: &Plan) -> u64 {
         .sum()
 }
 
-/// Accepts receivers until K are in, or the deadline passes with at least the minimum.
+/// Accepts receivers until K are in, or the deadline passes with at least the minimum;
+/// serves cache fills meanwhile.
 async fn gather(
     cfg: &ServeConfig,
     listener: &TcpListener,
-    catalog: &Arc<Mutex<Catalog>>,
-    session: u32,
+    shared: &Arc<Shared>,
 ) -> Result<(Vec<Admitted>, Vec<ReceiverOutcome>), SessionError> {
     let deadline = tokio::time::Instant::now() + cfg.wait;
     let mut admitted: BTreeMap<u32, Admitted> = BTreeMap::new();
     let mut refused = Vec::new();
-    type Hello = (u32, String, ServerChannel, Result<ContentInfo, String>);
+    type Hello = (
+        u32,
+        String,
+        Option<CacheTag>,
+        ServerChannel,
+        Result<Vec<ContentInfo>, String>,
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Hello>(64);
     while admitted.len() < cfg.receivers {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             acc = ServerChannel::accept(listener) => {
                 let (mut chan, peer) = acc.map_err(SessionError::control("accept"))?;
-                let (tx, catalog, want) = (tx.clone(), catalog.clone(), cfg.token.clone());
+                let (tx, shared) = (tx.clone(), shared.clone());
                 tokio::spawn(async move {
                     chan.set_timeout(Duration::from_secs(10));
-                    let Ok(ToServer::Hello { receiver, content, token, .. }) = chan.recv().await else {
-                        tracing::info!(%peer, "connection closed before a valid hello");
-                        return;
+                    let (receiver, content, more, token, have_cache) = match chan.recv().await {
+                        Ok(ToServer::Hello { receiver, content, token, have_cache, more }) => {
+                            (receiver, content, more, token, have_cache)
+                        }
+                        Ok(ToServer::Fill { receiver, token, have_cache }) => {
+                            return serve_fill(chan, receiver, token, have_cache, &shared).await;
+                        }
+                        Ok(ToServer::Status { token }) => {
+                            return answer_status(chan, token, &shared).await;
+                        }
+                        _ => {
+                            tracing::info!(%peer, "connection closed before a valid hello");
+                            return;
+                        }
                     };
-                    let resolved = if want.is_some() && !same_secret(token.as_deref(), want.as_deref()) {
+                    let resolved = if !shared.admits(token.as_deref()) {
                         Err("missing or wrong token".to_owned())
                     } else {
-                        catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
-                            .and_then(|c| c.resolve(&content).map_err(|e| e.to_string()))
+                        shared.catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
+                            .and_then(|c| resolve_all(&c, &content, &more))
                     };
-                    let _ = tx.send((receiver, content, chan, resolved)).await;
+                    let _ = tx.send((receiver, content, have_cache, chan, resolved)).await;
                 });
             }
-            Some((id, content, mut chan, r)) = rx.recv() => match r {
-                Ok(info) => {
+            Some((id, content, have, mut chan, r)) = rx.recv() => {
+                let r = r.and_then(|infos| {
                     if admitted.contains_key(&id) {
-                        let reason = format!("receiver id {id} is already in this session");
-                        let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
-                        refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
-                        continue;
+                        return Err(format!("receiver id {id} is already in this session"));
                     }
-                    chan.send(&ToReceiver::Accepted { session }).await.map_err(SessionError::control("accept a receiver"))?;
-                    eprintln!("light: receiver {id} wants {} ({} of {})", info.path, admitted.len() + 1, cfg.receivers);
-                    admitted.insert(id, Admitted { id, content: info, chan });
+                    let slot = shared.slot_of(id)?;
+                    if let Ok(mut s) = shared.in_session.lock() {
+                        s.push(id);
+                    }
+                    Ok((infos, slot))
+                });
+                match r {
+                    Ok((infos, slot)) => {
+                        let paths: Vec<String> = infos.iter().map(|c| c.path.clone()).collect();
+                        chan.send(&ToReceiver::Accepted { session: shared.session, contents: paths.clone() }).await.map_err(SessionError::control("accept a receiver"))?;
+                        eprintln!("light: receiver {id} wants {} (slot {slot}; {} of {})", paths.join(", "), admitted.len() + 1, cfg.receivers);
+                        shared.live.admitted(id, &infos[0].path, infos[0].size);
+                        admitted.insert(id, Admitted { id, contents: infos, rows: Vec::new(), chan, slot, have, pending: None });
+                    }
+                    Err(reason) => {
+                        let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
+                        eprintln!("light: refused receiver {id} ({content}): {reason}");
+                        shared.live.refused();
+                        refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
+                    }
                 }
-                Err(reason) => {
-                    let _ = chan.send(&ToReceiver::Refused { reason: reason.clone() }).await;
-                    eprintln!("light: refused receiver {id} ({content}): {reason}");
-                    refused.push(ReceiverOutcome { receiver: id, content, outcome: format!("refused: {reason}"), placed_bytes: 0, seconds: None });
-                }
-            },
+            }
         }
     }
     if admitted.len() < cfg.min_receivers.max(1) {
@@ -609,6 +1125,30 @@ async fn gather(
         });
     }
     Ok((admitted.into_values().collect(), refused))
+}
+
+/// The contents a hello asks for, directories expanded, each once, in the order asked.
+fn resolve_all(
+    catalog: &Catalog,
+    first: &str,
+    more: &[String],
+) -> Result<Vec<ContentInfo>, String> {
+    let mut out: Vec<ContentInfo> = Vec::new();
+    for name in std::iter::once(first).chain(more.iter().map(String::as_str)) {
+        for c in catalog.resolve_many(name).map_err(|e| e.to_string())? {
+            if out.iter().all(|o| o.id != c.id) {
+                out.push(c);
+            }
+        }
+    }
+    if out.len() > super::messages::MAX_CONTENTS {
+        return Err(format!(
+            "{} contents asked for, more than the {} a session delivers to one receiver",
+            out.len(),
+            super::messages::MAX_CONTENTS
+        ));
+    }
+    Ok(out)
 }
 
 /// The library's files, mapped read-only, in plan file order.
@@ -622,53 +1162,32 @@ fn map_files(
         .collect()
 }
 
-/// Sends a receiver its cache and the announcement, and waits until it is listening.
-#[allow(clippy::too_many_arguments)] // One receiver's whole set-up; splitting it obscures the flow.
-async fn place_and_announce(
+/// Announces round `r` (its plan, this receiver's content) and waits until the receiver
+/// listens.
+async fn announce(
     mut a: Admitted,
-    slot: u32,
-    plan: &Plan,
-    files: &Arc<Vec<MappedFile>>,
+    r: usize,
     input: PlanInput,
-    tag: CacheTag,
-    catalog: Arc<Mutex<Catalog>>,
+    session: u32,
+    shared: &Shared,
     ann: Announcement,
-) -> Result<(Admitted, u64), (u32, String, SessionError)> {
-    let (id, content) = (a.id, a.content.path.clone());
-    let fail = |e: SessionError| (id, content.clone(), e);
-    let blob: Vec<u8> = {
-        let mut b = Vec::with_capacity(plan.cache_len(slot) as usize);
-        for s in plan.cache_segments(slot) {
-            let f = files[s.file as usize].as_ref();
-            b.extend_from_slice(&f[s.offset as usize..(s.offset + s.len) as usize]);
-        }
-        b
-    };
-    let hash = blake3::hash(&blob);
-    a.chan.set_timeout(Duration::from_secs(60));
-    let from = a
-        .chan
-        .send_cache(&blob, &hash, tag.clone())
-        .await
-        .map_err(|e| fail(SessionError::control("send the cache")(e)))?;
-    // A receiver that kept its cache from an earlier session only needs the rest.
-    let placed = blob.len() as u64 - from;
-    drop(blob);
-    let manifest = catalog
+) -> Result<Admitted, (Admitted, SessionError)> {
+    let manifest = match shared
+        .catalog
         .lock()
-        .map_err(|_| fail(SessionError::Protocol("catalog lock poisoned".into())))?
-        .manifest(a.content.id)
-        .map_err(|e| fail(e.into()))?;
-    if let Ok(c) = catalog.lock() {
-        let _ = c.upsert_receiver(&id.to_string(), Some(&tag.placement));
-    }
+        .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))
+        .and_then(|c| Ok(c.manifest(a.contents[r].id)?))
+    {
+        Ok(m) => m,
+        Err(e) => return Err((a, e)),
+    };
     let announce = ToReceiver::Announce {
-        session: ann.session,
+        session,
         group: ann.group.to_string(),
         port: ann.port,
         plan: serde_json::to_value(PlanAnnouncement {
             input,
-            slot,
+            slot: a.slot,
             key: ann.key,
             manifest_signature: ann.signer.sign(&manifest),
         })
@@ -676,22 +1195,18 @@ async fn place_and_announce(
         manifest: serde_json::to_value(&manifest).unwrap_or_default(),
         fec: serde_json::to_value(ann.fec).unwrap_or_default(),
     };
-    a.chan
-        .send(&announce)
-        .await
-        .map_err(|e| fail(SessionError::control("announce")(e)))?;
+    a.chan.set_timeout(Duration::from_secs(60));
+    if let Err(e) = a.chan.send(&announce).await {
+        return Err((a, SessionError::control("announce")(e)));
+    }
     loop {
-        match a
-            .chan
-            .recv()
-            .await
-            .map_err(|e| fail(SessionError::control("wait for ready")(e)))?
-        {
-            ToServer::Ready => return Ok((a, placed)),
-            ToServer::Done {
+        match a.next_message().await {
+            Ok(ToServer::Ready) => return Ok(a),
+            Ok(ToServer::Done {
                 ok: false, detail, ..
-            } => return Err(fail(SessionError::Incomplete(detail))),
-            _ => continue,
+            }) => return Err((a, SessionError::Incomplete(detail))),
+            Ok(_) => continue,
+            Err(e) => return Err((a, SessionError::control("wait for ready")(e))),
         }
     }
 }
@@ -730,12 +1245,13 @@ impl PassThread {
         session: u32,
         tx: TxConfig,
         key: Option<PacketKey>,
+        live: &Live,
     ) -> Self {
         let (cmds, rx) = std::sync::mpsc::channel::<(PassCmd, PassReply)>();
+        let progress: Progress = live.pass_progress();
         std::thread::spawn(move || {
             let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
             let mut m = Multicaster::new(&plan, &slices, fec, session, tx, key);
-            let progress: Progress = Default::default();
             for (cmd, reply) in rx {
                 let r = match (&mut m, cmd) {
                     (Err(e), _) => Err(TxError::Config(e.to_string())),
@@ -762,7 +1278,6 @@ impl PassThread {
 /// What every receiver's announcement shares.
 #[derive(Clone)]
 struct Announcement {
-    session: u32,
     group: IpAddr,
     port: u16,
     fec: FecParams,
@@ -788,23 +1303,30 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which the other side of the control channel counts as gone.
 pub const SILENCE: Duration = Duration::from_secs(15);
 
-/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats;
-/// gives the channels back with the work's result. A receiver whose channel fails is
-/// returned all the same: the next read reports it lost.
+/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats
+/// and records its progress reports; gives the channels back with the work's result. A
+/// receiver whose channel fails is returned all the same: the next read reports it lost.
 async fn with_heartbeats<T>(
-    receivers: Vec<(usize, Admitted)>,
+    receivers: Vec<Admitted>,
     work: impl std::future::Future<Output = T>,
-) -> (Vec<(usize, Admitted)>, T) {
+    live: &Arc<Live>,
+) -> (Vec<Admitted>, T) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = receivers
         .into_iter()
-        .map(|(i, mut a)| {
-            let mut stop = stop_rx.clone();
+        .map(|mut a| {
+            let (mut stop, live) = (stop_rx.clone(), live.clone());
             tokio::spawn(async move {
                 let mut beat = tokio::time::interval(HEARTBEAT);
                 loop {
                     tokio::select! {
                         _ = stop.changed() => break,
+                        // Anything but progress is left for the round that follows.
+                        msg = a.chan.recv(), if a.pending.is_none() => match msg {
+                            Ok(ToServer::Progress { bytes, drops }) => live.progress(a.id, bytes, drops),
+                            Ok(ToServer::Heartbeat) => {}
+                            other => a.pending = Some(other),
+                        },
                         _ = beat.tick() => {
                             if a.chan.send(&ToReceiver::Heartbeat).await.is_err() {
                                 break;
@@ -812,7 +1334,7 @@ async fn with_heartbeats<T>(
                         }
                     }
                 }
-                (i, a)
+                a
             })
         })
         .collect();
@@ -825,4 +1347,15 @@ async fn with_heartbeats<T>(
         }
     }
     (back, out)
+}
+
+/// Answers a status query (when the token matches) and closes the connection.
+async fn answer_status(mut chan: ServerChannel, token: Option<String>, shared: &Shared) {
+    let _ = if shared.admits(token.as_deref()) {
+        let status = shared.live.status().await;
+        chan.send(&ToReceiver::Status { status }).await
+    } else {
+        let reason = "missing or wrong token".to_owned();
+        chan.send(&ToReceiver::Refused { reason }).await
+    };
 }

@@ -1,0 +1,298 @@
+//! The receiver's persistent cache: the bytes its placement slot caches, kept in its cache
+//! directory across runs with a record of what they are, checked by hash before use,
+//! filled ahead of a session by `light cache fill` or during one.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BlobReceiver, CacheTag, ReceiverChannel, ToReceiver, ToServer, session::SessionError};
+
+/// What a cache file holds, stored beside it once it is complete and verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    tag: CacheTag,
+    len: u64,
+    blake3: String,
+}
+
+/// One receiver's cache files in a cache directory.
+#[derive(Clone, Debug)]
+pub struct CacheStore {
+    dir: PathBuf,
+    receiver: u32,
+}
+
+impl CacheStore {
+    /// The cache of `receiver` under `dir` (created when first written).
+    pub fn new(dir: &Path, receiver: u32) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            receiver,
+        }
+    }
+
+    /// The cache bytes.
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.join(format!("receiver-{}.cache", self.receiver))
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir
+            .join(format!("receiver-{}.cache.json", self.receiver))
+    }
+
+    /// The complete cache on disk, if its record is readable and its bytes still hash to
+    /// what the record says. A cache that fails the check is deleted (it will be refilled)
+    /// and the reason returned second.
+    pub fn valid(&self) -> (Option<(CacheTag, u64)>, Option<String>) {
+        let Ok(text) = std::fs::read_to_string(self.record_path()) else {
+            return (None, None);
+        };
+        let why = match serde_json::from_str::<Record>(&text) {
+            Err(e) => format!("its record is unreadable ({e})"),
+            Ok(rec) => match hash_file(&self.data_path(), rec.len) {
+                Ok(h) if h == rec.blake3 => return (Some((rec.tag, rec.len)), None),
+                Ok(_) => "its bytes no longer match their hash".to_owned(),
+                Err(e) => e,
+            },
+        };
+        self.forget();
+        let _ = std::fs::remove_file(self.data_path());
+        (None, Some(why))
+    }
+
+    /// Drops the record: the bytes on disk are no longer known to be a complete cache.
+    fn forget(&self) {
+        let _ = std::fs::remove_file(self.record_path());
+    }
+
+    /// Records the cache on disk as complete (written after the bytes are synced).
+    fn record(&self, rec: &Record) -> Result<(), SessionError> {
+        let path = self.record_path();
+        let tmp = path.with_extension("json.tmp");
+        let io = |op| {
+            let path = path.clone();
+            move |source| SessionError::Io { op, path, source }
+        };
+        std::fs::write(&tmp, serde_json::to_vec(rec).unwrap_or_default()).map_err(io("write"))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename"))
+    }
+
+    /// After `Accepted`: takes the server's `CacheKept` (when `have` is the right cache) or
+    /// downloads the offered cache, resuming from what a broken transfer left, and
+    /// confirms it. Returns the cache length and the bytes downloaded.
+    pub async fn obtain(
+        &self,
+        chan: &mut ReceiverChannel,
+        have: Option<&(CacheTag, u64)>,
+    ) -> Result<(u64, u64), SessionError> {
+        match chan
+            .recv()
+            .await
+            .map_err(SessionError::control("wait for the cache"))?
+        {
+            ToReceiver::CacheKept { tag } => match have {
+                Some((t, len)) if *t == tag => Ok((*len, 0)),
+                _ => Err(SessionError::Protocol(
+                    "the server says the cache is kept, but this receiver holds another".into(),
+                )),
+            },
+            ToReceiver::CacheBegin { len, blake3, tag } => {
+                self.download(chan, len, &blake3, &tag).await
+            }
+            ToReceiver::Refused { reason } => Err(SessionError::Refused(reason)),
+            other => Err(SessionError::Protocol(format!(
+                "expected the cache, got {other:?}"
+            ))),
+        }
+    }
+
+    async fn download(
+        &self,
+        chan: &mut ReceiverChannel,
+        len: u64,
+        blake3: &str,
+        tag: &CacheTag,
+    ) -> Result<(u64, u64), SessionError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| SessionError::Io {
+            op: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.forget();
+        let path = self.data_path();
+        let io = |op| {
+            let path = path.clone();
+            move |source| SessionError::Io { op, path, source }
+        };
+        let (mut state, kept) = resume(&path, len, blake3)?;
+        if kept > 0 {
+            tracing::info!(kept, len, "resuming the cache transfer");
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open"))?;
+        file.set_len(kept).map_err(io("truncate"))?;
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
+            .await
+            .map_err(io("seek"))?;
+        if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
+            if kept > 0 {
+                // The kept prefix may be what failed verification: start clean next time.
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(SessionError::control("receive the cache")(e));
+        }
+        file.sync_all().await.map_err(io("sync"))?;
+        self.record(&Record {
+            tag: tag.clone(),
+            len,
+            blake3: blake3.to_owned(),
+        })?;
+        chan.send(&ToServer::CacheStored)
+            .await
+            .map_err(SessionError::control("confirm the cache"))?;
+        Ok((len, len - kept))
+    }
+}
+
+/// BLAKE3 of the first `len` bytes of the file at `path` (which must be exactly `len`).
+fn hash_file(path: &Path, len: u64) -> Result<String, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("its file cannot be read ({e})"))?;
+    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if have != len {
+        return Err(format!("its file holds {have} bytes, not {len}"));
+    }
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)
+        .map_err(|e| format!("its file cannot be read ({e})"))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Picks up a partial cache on disk: bytes that are a prefix of the announced cache are
+/// kept (the BLAKE3 of the whole, checked at the end of the transfer, vouches for them),
+/// so a restarted receiver only downloads what it lacks. Returns the transfer state and
+/// how many bytes were kept.
+fn resume(path: &Path, len: u64, blake3_hex: &str) -> Result<(BlobReceiver, u64), SessionError> {
+    let fresh =
+        || BlobReceiver::new(len, blake3_hex).map_err(SessionError::control("cache header"));
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok((fresh()?, 0));
+    };
+    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if have == 0 || have > len {
+        return Ok((fresh()?, 0));
+    }
+    let mut state = fresh()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < have {
+        let n = match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min((have - offset) as usize),
+        };
+        if state.accept(offset, &buf[..n]).is_err() {
+            return Ok((fresh()?, 0));
+        }
+        offset += n as u64;
+    }
+    // A complete file that does not hash right is stale or damaged: download it again.
+    if offset == len && state.finish().is_err() {
+        return Ok((fresh()?, 0));
+    }
+    Ok((state, offset))
+}
+
+/// Connects to the server's control port, retrying until `patience` runs out.
+pub async fn connect(
+    server: SocketAddr,
+    patience: Duration,
+) -> Result<ReceiverChannel, SessionError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match ReceiverChannel::connect(server).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(SessionError::control(format!("connect to {server}"))(e));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// What `light cache fill` needs for one receiver.
+#[derive(Clone, Debug)]
+pub struct FillConfig {
+    /// Receiver id.
+    pub receiver: u32,
+    /// Server control address.
+    pub server: SocketAddr,
+    /// Where the cache is kept.
+    pub cache_dir: PathBuf,
+    /// Secret to present to the server.
+    pub token: Option<String>,
+    /// How long to keep retrying the connection.
+    pub connect_timeout: Duration,
+}
+
+/// What a fill did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FillSummary {
+    /// Receiver id.
+    pub receiver: u32,
+    /// Cache length in bytes.
+    pub cache_bytes: u64,
+    /// Bytes downloaded (0 when the cache on disk was already the right one).
+    pub downloaded_bytes: u64,
+    /// Why the cache on disk was discarded, if it was.
+    pub discarded: Option<String>,
+    /// Seconds the fill took.
+    pub seconds: f64,
+}
+
+/// Fills one receiver's cache from the server ahead of a session.
+pub async fn fill(cfg: FillConfig) -> Result<FillSummary, SessionError> {
+    let started = Instant::now();
+    let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
+    let (have, discarded) = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.valid()
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
+    chan.send(&ToServer::Fill {
+        receiver: cfg.receiver,
+        token: cfg.token.clone(),
+        have_cache: have.as_ref().map(|(t, _)| t.clone()),
+    })
+    .await
+    .map_err(SessionError::control("send fill"))?;
+    chan.set_timeout(Duration::from_secs(120));
+    match chan
+        .recv()
+        .await
+        .map_err(SessionError::control("wait for the server"))?
+    {
+        ToReceiver::Accepted { .. } => {}
+        ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
+        other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
+    }
+    let (len, downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
+    Ok(FillSummary {
+        receiver: cfg.receiver,
+        cache_bytes: len,
+        downloaded_bytes: downloaded,
+        discarded,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
