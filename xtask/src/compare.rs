@@ -108,6 +108,9 @@ pub struct CompareArgs {
     /// Extra `udp-sender` arguments, space-separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub udpcast_args: String,
+    /// Extra `light serve` arguments, space-separated (e.g. `--no-packet-auth`).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub light_args: String,
     /// Extra `uftp` arguments, space-separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub uftp_args: String,
@@ -255,6 +258,7 @@ struct Results<'a> {
     loss_per_mille: u32,
     udpcast_bitrate: &'a str,
     uftp_rate_kbps: i64,
+    light_args: &'a str,
     keep_udp_gso: bool,
     rows: &'a [Row],
 }
@@ -318,6 +322,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .map(String::from)
             .collect(),
         uftp_args: a.uftp_args.split_whitespace().map(String::from).collect(),
+        light_args: a.light_args.split_whitespace().map(String::from).collect(),
         timeout: Duration::from_secs(a.timeout),
     };
     let mut rows: Vec<Row> = Vec::new();
@@ -412,6 +417,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         loss_per_mille: a.loss_per_mille,
         udpcast_bitrate: &a.udpcast_bitrate,
         uftp_rate_kbps: a.uftp_rate_kbps,
+        light_args: &a.light_args,
         keep_udp_gso: a.keep_udp_gso,
         rows: &rows,
     })?;

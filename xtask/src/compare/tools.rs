@@ -69,6 +69,8 @@ pub struct Settings {
     pub udpcast_args: Vec<String>,
     /// Extra `uftp` arguments.
     pub uftp_args: Vec<String>,
+    /// Extra `light serve` arguments.
+    pub light_args: Vec<String>,
     /// Longest a single transfer may take.
     pub timeout: Duration,
 }
@@ -195,7 +197,8 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
             "--mtu",
             &job.mtu.to_string(),
         ])
-        .arg("--json");
+        .arg("--json")
+        .args(&s.light_args);
     let t0 = Instant::now();
     // Receivers retry the connect until the server has bound: no head start needed.
     let mut server = Proc::spawn(cmd, "light-serve", &logs)?;
