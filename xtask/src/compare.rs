@@ -119,6 +119,10 @@ pub struct CompareArgs {
     /// Longest one transfer may take, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Keep every run's logs under `<out>/logs` (failed runs' logs always go to
+    /// `<out>/failed-logs`); set `RUST_LOG=info` for Light's timestamped phases.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 fn target_dir() -> PathBuf {
@@ -207,9 +211,10 @@ pub fn ensure_packages(tools: &[ToolName], ethtool: bool) -> Result<()> {
 }
 
 /// Light's cache budgets for distinct demands with K receivers and a library of K files:
-/// 25%, and the budgets that make t = K·M/N equal 1 and 2, below a full cache, deduplicated.
+/// none (the baseline the cached runs are measured against), 25%, and the budgets that make
+/// t = K·M/N equal 1 and 2, below a full cache, deduplicated.
 pub fn cache_budgets(k: usize) -> Vec<String> {
-    let mut pcts: Vec<f64> = vec![25.0, 100.0 / k as f64, 200.0 / k as f64];
+    let mut pcts: Vec<f64> = vec![0.0, 25.0, 100.0 / k as f64, 200.0 / k as f64];
     pcts.retain(|&p| p < 100.0);
     pcts.sort_by(f64::total_cmp);
     pcts.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
@@ -277,6 +282,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     fs::create_dir_all(&out)?;
     let _ = fs::remove_dir_all(out.join("failed-logs"));
+    let _ = fs::remove_dir_all(out.join("logs"));
     let _tmp;
     let work = match &a.workdir {
         Some(w) => w.clone(),
@@ -325,6 +331,12 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 let name = tools::file_name(i);
                 fs::hard_link(files.join(&name), library.join(&name))
                     .or_else(|_| fs::copy(files.join(&name), library.join(&name)).map(|_| ()))?;
+            }
+            if a.tools
+                .iter()
+                .any(|t| matches!(t, ToolName::Light | ToolName::LightNoxdp))
+            {
+                tools::light_pack(&settings, &library)?;
             }
             let bed = Testbed::new(k, mtu)?;
             if !a.keep_udp_gso {
@@ -379,7 +391,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                             ),
                         }
                         if r.error.is_some() {
-                            keep_logs(&work.join("run"), &out, row, rep);
+                            keep_logs(&work.join("run"), &out.join("failed-logs"), row, rep);
+                        } else if a.keep_logs {
+                            keep_logs(&work.join("run"), &out.join("logs"), row, rep);
                         }
                         row.runs.push(r);
                     }
@@ -490,9 +504,9 @@ fn tool_label(t: &Tool) -> &'static str {
     }
 }
 
-/// Copies a failed run's logs next to the results, for diagnosis.
-fn keep_logs(run: &Path, out: &Path, row: &Row, rep: usize) {
-    let dest = out.join("failed-logs").join(format!(
+/// Copies a run's logs under `dir` (next to the results), for diagnosis.
+fn keep_logs(run: &Path, dir: &Path, row: &Row, rep: usize) {
+    let dest = dir.join(format!(
         "{}-mtu{}-k{}-{}-rep{rep}",
         row.scenario,
         row.mtu,
@@ -514,9 +528,12 @@ mod tests {
 
     #[test]
     fn budgets_follow_k() {
-        assert_eq!(cache_budgets(1), vec!["25% (t=0.25)"]);
-        assert_eq!(cache_budgets(4), vec!["25% (t=1)", "50% (t=2)"]);
-        assert_eq!(cache_budgets(8), vec!["12.5% (t=1)", "25% (t=2)"]);
+        assert_eq!(cache_budgets(1), vec!["0% (t=0)", "25% (t=0.25)"]);
+        assert_eq!(cache_budgets(4), vec!["0% (t=0)", "25% (t=1)", "50% (t=2)"]);
+        assert_eq!(
+            cache_budgets(8),
+            vec!["0% (t=0)", "12.5% (t=1)", "25% (t=2)"]
+        );
         assert_eq!(budget_arg("12.5% (t=1)"), "12.5%");
     }
 
@@ -541,10 +558,16 @@ mod tests {
         let names: Vec<_> = v.iter().map(|x| format!("{} {}", x.1, x.2)).collect();
         assert_eq!(
             names,
-            ["light 12.5% (t=1)", "light 25% (t=2)", "udpcast ", "uftp "]
+            [
+                "light 0% (t=0)",
+                "light 12.5% (t=1)",
+                "light 25% (t=2)",
+                "udpcast ",
+                "uftp "
+            ]
         );
         assert_eq!(
-            v[0].0,
+            v[1].0,
             Tool::Light {
                 cache: "12.5%".into(),
                 no_xdp: false

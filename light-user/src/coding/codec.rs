@@ -117,6 +117,41 @@ impl Recipe {
     }
 }
 
+impl Recipe {
+    /// Like [`Recipe::apply`] for bytes `[at, at + piece.len())` of the message.
+    fn apply_piece(&self, at: usize, mut piece: Vec<u8>, cache: &[u8]) -> Vec<Recovered> {
+        let end = at + piece.len();
+        let overlap = |m: usize, l: usize| (m.max(at), (m + l).min(end));
+        for &(m, c, l) in &self.known {
+            let (lo, hi) = overlap(m, l);
+            if lo < hi {
+                let from = c + lo - m;
+                xor_into(&mut piece[lo - at..hi - at], &cache[from..from + hi - lo]);
+            }
+        }
+        let mut out: Vec<Recovered> = Vec::new();
+        for &(m, offset, l) in &self.outputs {
+            let (lo, hi) = overlap(m, l);
+            if lo >= hi {
+                continue;
+            }
+            let offset = offset + (lo - m) as u64;
+            if lo == at && hi == end && self.outputs.len() == 1 {
+                // The whole piece is file bytes: hand it over without a copy.
+                return vec![Recovered {
+                    offset,
+                    data: piece,
+                }];
+            }
+            out.push(Recovered {
+                offset,
+                data: piece[lo - at..hi - at].to_vec(),
+            });
+        }
+        out
+    }
+}
+
 /// A message rebuilt from sent ones (YMA).
 struct Pending {
     recipe: Recipe,
@@ -287,12 +322,73 @@ impl Decoder {
         self.remaining == 0
     }
 
+    /// True if message `idx` can be taken piece by piece ([`Decoder::take_piece`]): it maps
+    /// onto the file directly and no rebuilt message needs it whole.
+    pub fn streams(&self, idx: u32) -> bool {
+        self.direct.contains_key(&idx) && !self.needed_by.contains_key(&idx)
+    }
+
+    /// Takes bytes `[at, at + piece.len())` of a streamed message (see
+    /// [`Decoder::streams`]); returns the file pieces they yield. The message counts as
+    /// received once [`Decoder::streamed`] says all its pieces came.
+    pub fn take_piece(
+        &self,
+        idx: u32,
+        at: u64,
+        piece: Vec<u8>,
+        cache: &[u8],
+    ) -> Result<Vec<Recovered>, CodingError> {
+        let r = match self.direct.get(&idx) {
+            Some(r) if self.streams(idx) => r,
+            _ => return Err(CodingError::UnknownMessage(idx)),
+        };
+        let end = at.saturating_add(piece.len() as u64);
+        if end > r.len as u64 {
+            return Err(CodingError::Length {
+                what: "message piece end",
+                got: end,
+                expected: r.len as u64,
+            });
+        }
+        if cache.len() as u64 != self.cache_len {
+            return Err(CodingError::Length {
+                what: "cache",
+                got: cache.len() as u64,
+                expected: self.cache_len,
+            });
+        }
+        // Fits usize: at < end <= r.len.
+        Ok(r.apply_piece(at as usize, piece, cache))
+    }
+
+    /// Marks streamed message `idx` complete (all its pieces were taken).
+    pub fn streamed(&mut self, idx: u32) -> Result<(), CodingError> {
+        if !self.streams(idx) {
+            return Err(CodingError::UnknownMessage(idx));
+        }
+        if !std::mem::replace(&mut self.received[idx as usize], true) {
+            self.remaining -= 1;
+        }
+        Ok(())
+    }
+
     /// Takes message `idx` and the receiver's cache; returns the file pieces it yields,
     /// including those of rebuilt messages it completes (unwanted or repeated: nothing).
     pub fn on_message(
         &mut self,
         idx: u32,
         bytes: &[u8],
+        cache: &[u8],
+    ) -> Result<Vec<Recovered>, CodingError> {
+        self.take_message(idx, bytes.to_vec(), cache)
+    }
+
+    /// Like [`Decoder::on_message`], taking the message by value: a message that maps
+    /// straight onto the file becomes the recovered piece without a copy.
+    pub fn take_message(
+        &mut self,
+        idx: u32,
+        bytes: Vec<u8>,
         cache: &[u8],
     ) -> Result<Vec<Recovered>, CodingError> {
         let expected = *self
@@ -317,14 +413,20 @@ impl Decoder {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
+        let users = self.needed_by.get(&idx);
         if let Some(r) = self.direct.get(&idx) {
-            out.extend(r.apply(bytes.to_vec(), cache));
             self.remaining -= 1;
+            // Copied only when a rebuild still needs the message itself.
+            if users.is_none() {
+                out.extend(r.apply(bytes, cache));
+                return Ok(out);
+            }
+            out.extend(r.apply(bytes.clone(), cache));
         }
-        let Some(users) = self.needed_by.get(&idx) else {
+        let Some(users) = users else {
             return Ok(out);
         };
-        self.buffers.insert(idx, bytes.to_vec());
+        self.buffers.insert(idx, bytes);
         for &p in users {
             let Some(pending) = self.pending[p].as_mut() else {
                 continue;
@@ -449,5 +551,66 @@ mod tests {
         let first = d.on_message(m, &msg, &cache).unwrap();
         assert!(!first.is_empty() || !p.derived().is_empty());
         assert!(d.on_message(m, &msg, &cache).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pieces_recover_what_whole_messages_do() {
+        let (p, files) = small_plan();
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        for r in 0..p.receivers() {
+            let cache: Vec<u8> = p
+                .cache_segments(r)
+                .iter()
+                .flat_map(|s| {
+                    files[s.file as usize][s.offset as usize..(s.offset + s.len) as usize].to_vec()
+                })
+                .collect();
+            let want = &files[p.demand(r).unwrap() as usize];
+            let mut whole = Decoder::new(&p, r).unwrap();
+            let mut streamed = Decoder::new(&p, r).unwrap();
+            let (mut a, mut b) = (vec![None; want.len()], vec![None; want.len()]);
+            let put = |img: &mut Vec<Option<u8>>, rec: Vec<Recovered>| {
+                for x in rec {
+                    for (i, v) in x.data.into_iter().enumerate() {
+                        img[x.offset as usize + i] = Some(v);
+                    }
+                }
+            };
+            for part in p.cached_parts_of_demand(r) {
+                for i in 0..part.len {
+                    let v = Some(cache[(part.cache_offset + i) as usize]);
+                    a[(part.file_offset + i) as usize] = v;
+                    b[(part.file_offset + i) as usize] = v;
+                }
+            }
+            for &m in whole.wanted_messages().to_vec().iter() {
+                let spec = &p.messages()[m as usize];
+                let mut msg = vec![0; spec.len as usize];
+                encode_message(spec, &refs, &mut msg).unwrap();
+                put(&mut a, whole.on_message(m, &msg, &cache).unwrap());
+                if !streamed.streams(m) {
+                    put(&mut b, streamed.on_message(m, &msg, &cache).unwrap());
+                    continue;
+                }
+                // Odd piece sizes cross the recipe's term and cache-part boundaries.
+                for (i, piece) in msg.chunks(7).enumerate() {
+                    let rec = streamed.take_piece(m, i as u64 * 7, piece.to_vec(), &cache);
+                    put(&mut b, rec.unwrap());
+                }
+                assert!(
+                    streamed
+                        .take_piece(m, spec.len - 1, vec![0; 2], &cache)
+                        .is_err()
+                );
+                streamed.streamed(m).unwrap();
+            }
+            assert!(
+                whole.is_complete() && streamed.is_complete(),
+                "receiver {r}"
+            );
+            let want: Vec<Option<u8>> = want.iter().map(|&v| Some(v)).collect();
+            assert_eq!(a, want, "receiver {r}");
+            assert_eq!(b, want, "receiver {r}");
+        }
     }
 }

@@ -450,19 +450,44 @@ impl DataJob {
                 .iter()
                 .map(|&m| (m, lens[m as usize].len)),
         )?;
+        // Messages that map straight onto the file are written block by block as they
+        // arrive, not in one go at their end (measured: 2-5 s after a 256 MiB pass at K=4).
+        for &m in decoder.wanted_messages() {
+            if decoder.streams(m) {
+                assembler.stream(m);
+            }
+        }
         (self.progress)(&content, from_cache, size);
 
         // Decoding and writing run on their own thread, so a completed message (up to a
         // subfile long) never stalls the ring the packets arrive on.
         let decoded = Arc::new(AtomicU64::new(0));
-        let (msg_tx, msg_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>)>();
+        let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Event>();
         let writer = {
             let (cache, decoded) = (cache.clone(), decoded.clone());
             std::thread::Builder::new()
                 .name("light-write".into())
                 .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
-                    for (m, bytes) in msg_rx {
-                        for r in decoder.on_message(m, &bytes, cache.as_ref().as_ref())? {
+                    let cache = cache.as_ref().as_ref();
+                    for event in msg_rx {
+                        let pieces = match event {
+                            Event::MessageComplete { message, bytes } => {
+                                decoder.take_message(message, bytes, cache)?
+                            }
+                            Event::Piece {
+                                message,
+                                offset,
+                                bytes,
+                                last,
+                            } => {
+                                let p = decoder.take_piece(message, offset, bytes, cache)?;
+                                if last {
+                                    decoder.streamed(message)?;
+                                }
+                                p
+                            }
+                        };
+                        for r in pieces {
                             out.write_at(r.offset, &r.data)?;
                             decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
                         }
@@ -516,14 +541,17 @@ impl DataJob {
                 {
                     last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
                 }
-                if let Some(Event::MessageComplete { message, bytes }) = assembler.on_packet(p) {
+                if let Some(event) = assembler.on_packet(p) {
                     // The writer only stops early on an error, which join() reports below.
-                    let _ = msg_tx.send((message, bytes));
+                    let _ = msg_tx.send(event);
                 }
             })?;
             self.drops.record(&assembler.stats(), auth_failed);
             let now = Instant::now();
             if n > 0 {
+                if first.is_none() {
+                    tracing::info!("first data packet");
+                }
                 first.get_or_insert(now);
                 last_packet = now;
                 idle_nacked = false;
@@ -559,10 +587,16 @@ impl DataJob {
                 break;
             }
         }
+        tracing::info!(
+            complete = assembler.is_complete(),
+            packets = assembler.stats().packets,
+            "reception ended"
+        );
         drop(msg_tx);
         let (out, decoder) = writer
             .join()
             .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
+        tracing::info!("decoded and written");
         (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
         let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
         let stats = assembler.stats();
@@ -586,6 +620,7 @@ impl DataJob {
             )));
         }
         let path = out.finish()?;
+        tracing::info!("file synced and renamed");
         let decoded = decoded.load(Ordering::Relaxed);
         Ok(ReceiveSummary {
             receiver: 0,

@@ -15,6 +15,17 @@ pub enum Event {
         /// The message bytes.
         bytes: Vec<u8>,
     },
+    /// A block of a streamed message (see [`Assembler::stream`]) is decoded.
+    Piece {
+        /// Message index in the plan.
+        message: u32,
+        /// Offset of `bytes` in the message.
+        offset: u64,
+        /// The block's bytes (the last block stops at the message's end).
+        bytes: Vec<u8>,
+        /// This was the message's last block: the message is complete.
+        last: bool,
+    },
 }
 
 /// Shards still needed by one incomplete block.
@@ -69,13 +80,17 @@ struct BlockState {
     /// Parity shard indices (relative to k) and their bytes, in arrival order.
     parity_idx: Vec<u16>,
     parity: Vec<u8>,
+    /// Source symbols of a streamed message's block (allocated on its first shard).
+    data: Vec<u8>,
     done: bool,
 }
 
 struct MessageState {
     layout: Layout,
     /// Source symbols in order; `symbols * symbol_size` bytes, truncated when complete.
+    /// Empty for a streamed message, whose blocks hold their own symbols.
     buf: Vec<u8>,
+    stream: bool,
     blocks: Vec<BlockState>,
     blocks_left: u32,
     done: bool,
@@ -113,6 +128,7 @@ impl Assembler {
                     count: 0,
                     parity_idx: Vec::new(),
                     parity: Vec::new(),
+                    data: Vec::new(),
                     done: false,
                 })
                 .collect();
@@ -123,6 +139,7 @@ impl Assembler {
                 MessageState {
                     layout,
                     buf: vec![0; bytes],
+                    stream: false,
                     blocks,
                     blocks_left: layout.blocks,
                     done: false,
@@ -136,6 +153,20 @@ impl Assembler {
             decoder: None,
             stats: Stats::default(),
         })
+    }
+
+    /// Hands out `message` block by block ([`Event::Piece`]) instead of whole: the
+    /// receiver can write it while the rest arrives, and holds one block's bytes at a time
+    /// instead of the whole message. Only before its first packet; false if unknown or late.
+    pub fn stream(&mut self, message: u32) -> bool {
+        match self.messages.get_mut(&message) {
+            Some(m) if m.blocks.iter().all(|b| b.count == 0) => {
+                m.stream = true;
+                m.buf = Vec::new();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Counters so far.
@@ -222,12 +253,22 @@ impl Assembler {
         b.have[word] |= bit;
         b.count += 1;
         let s = params.symbol_size;
+        // The block's source symbols: its own buffer when streamed, else its part of the
+        // message buffer (in range: the block's symbols lie within the message's).
+        let base = m.layout.first_symbol(h.block) as usize * s;
+        let span = usize::from(b.k) * s;
         if is_source {
             self.stats.source += 1;
-            let sym = m.layout.first_symbol(h.block) + u64::from(shard);
-            // In range: sym < symbols and buf holds symbols * s bytes.
-            let at = sym as usize * s;
-            m.buf[at..at + s].copy_from_slice(payload);
+            let at = usize::from(shard) * s;
+            let blk = if m.stream {
+                if b.data.is_empty() {
+                    b.data = vec![0; span];
+                }
+                &mut b.data[..]
+            } else {
+                &mut m.buf[base..base + span]
+            };
+            blk[at..at + s].copy_from_slice(payload);
         } else {
             self.stats.parity += 1;
             b.parity_idx.push(shard - b.k);
@@ -241,7 +282,15 @@ impl Assembler {
             true
         } else {
             let decoder = &mut self.decoder;
-            match decode_block(decoder, params, &m.layout, &mut m.buf, h.block, b) {
+            if m.stream && b.data.is_empty() {
+                b.data = vec![0; span];
+            }
+            let blk = if m.stream {
+                &mut b.data[..]
+            } else {
+                &mut m.buf[base..base + span]
+            };
+            match decode_block(decoder, params, blk, b.k, &b.have, &b.parity_idx, &b.parity) {
                 Ok(()) => {
                     self.stats.blocks_decoded += 1;
                     true
@@ -266,11 +315,25 @@ impl Assembler {
         b.parity = Vec::new();
         b.parity_idx = Vec::new();
         m.blocks_left -= 1;
-        if m.blocks_left > 0 {
+        let last = m.blocks_left == 0;
+        if last {
+            m.done = true;
+            self.stats.messages_complete += 1;
+        }
+        if m.stream {
+            let mut bytes = std::mem::take(&mut b.data);
+            // The last block's tail past the message's end is padding.
+            bytes.truncate((m.layout.len - base as u64).min(span as u64) as usize);
+            return Some(Event::Piece {
+                message: h.message,
+                offset: base as u64,
+                bytes,
+                last,
+            });
+        }
+        if !last {
             return None;
         }
-        m.done = true;
-        self.stats.messages_complete += 1;
         let mut bytes = std::mem::take(&mut m.buf);
         // Fits usize: the buffer of symbols * s >= len bytes was allocated.
         bytes.truncate(m.layout.len as usize);
@@ -281,17 +344,19 @@ impl Assembler {
     }
 }
 
-/// Restores the missing sources of `block` from the sources in `buf` and its parity.
+/// Restores the missing sources of a block (its `k` source symbols in `blk`, those held
+/// flagged in `have`) from the parity shards `parity` with relative indices `parity_idx`.
 fn decode_block(
     decoder: &mut Option<ReedSolomonDecoder>,
     params: FecParams,
-    layout: &Layout,
-    buf: &mut [u8],
-    block: u32,
-    b: &BlockState,
+    blk: &mut [u8],
+    k: u16,
+    have: &[u64],
+    parity_idx: &[u16],
+    parity: &[u8],
 ) -> Result<(), FecError> {
     let s = params.symbol_size;
-    let (k, max) = (usize::from(b.k), usize::from(params.max_parity_per_block));
+    let (k, max) = (usize::from(k), usize::from(params.max_parity_per_block));
     let dec = match decoder {
         Some(d) => {
             d.reset(k, max, s)?;
@@ -299,18 +364,17 @@ fn decode_block(
         }
         None => decoder.insert(ReedSolomonDecoder::new(k, max, s)?),
     };
-    let base = layout.first_symbol(block) as usize * s;
     for i in 0..k {
-        if b.have[i / 64] & (1u64 << (i % 64)) != 0 {
-            dec.add_original_shard(i, &buf[base + i * s..base + (i + 1) * s])?;
+        if have[i / 64] & (1u64 << (i % 64)) != 0 {
+            dec.add_original_shard(i, &blk[i * s..(i + 1) * s])?;
         }
     }
-    for (&p, shard) in b.parity_idx.iter().zip(b.parity.chunks_exact(s)) {
+    for (&p, shard) in parity_idx.iter().zip(parity.chunks_exact(s)) {
         dec.add_recovery_shard(usize::from(p), shard)?;
     }
     let out = dec.decode()?;
     for (i, shard) in out.restored_original_iter() {
-        buf[base + i * s..base + (i + 1) * s].copy_from_slice(shard);
+        blk[i * s..(i + 1) * s].copy_from_slice(shard);
     }
     Ok(())
 }

@@ -448,8 +448,28 @@ mod tests {
             for i in (1..pkts.len()).rev() { pkts.swap(i, next() as usize % (i + 1)); }
             let mut asm = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
             let events: Vec<Event> = pkts.iter().filter_map(|p| asm.on_packet(p)).collect();
-            prop_assert_eq!(events, vec![Event::MessageComplete { message: 0, bytes: data }]);
             prop_assert!(asm.missing().is_empty());
+            // Streamed, the same packets give every block once, the last one flagged last.
+            let mut streamed = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
+            prop_assert!(streamed.stream(0));
+            let mut rebuilt = vec![None; len];
+            let mut lasts = Vec::new();
+            for ev in pkts.iter().filter_map(|p| streamed.on_packet(p)) {
+                let Event::Piece { message: 0, offset, bytes, last } = ev else {
+                    return Err(TestCaseError::fail(format!("not a piece: {ev:?}")));
+                };
+                for (i, b) in bytes.into_iter().enumerate() {
+                    let slot = &mut rebuilt[offset as usize + i];
+                    prop_assert!(slot.is_none(), "byte {} twice", offset as usize + i);
+                    *slot = Some(b);
+                }
+                lasts.push(last);
+            }
+            prop_assert_eq!(rebuilt.into_iter().collect::<Option<Vec<u8>>>(), Some(data.clone()));
+            prop_assert_eq!(lasts.iter().filter(|&&l| l).count(), 1);
+            prop_assert_eq!(lasts.last(), Some(&true));
+            prop_assert!(streamed.is_complete() && !streamed.stream(0));
+            prop_assert_eq!(events, vec![Event::MessageComplete { message: 0, bytes: data }]);
         }
 
         #[test]

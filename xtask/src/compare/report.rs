@@ -182,6 +182,109 @@ pub fn markdown(rows: &[Row]) -> String {
             r.label()
         );
     }
+    let t = targets(rows);
+    if !t.is_empty() {
+        s += "\n| scenario | MTU | K | ratio (median wall times, same run) | value | target |\n\
+              |---|---:|---:|---|---:|---|\n";
+        s += &t;
+    }
+    s
+}
+
+/// The issue's targets as ratios of median wall times within each scenario, MTU and K:
+/// Light's goodput against the better peer, the cached runs against Light without a cache
+/// and against the better peer, and the AF_XDP path against the socket path.
+fn targets(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let mut groups: Vec<(&str, u32, usize)> = Vec::new();
+    for r in rows {
+        let g = (r.scenario.as_str(), r.mtu, r.k);
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    for (scenario, mtu, k) in groups {
+        let group: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.scenario == scenario && r.mtu == mtu && r.k == k)
+            .collect();
+        let wall = |tool: &str, variant: &str| {
+            group
+                .iter()
+                .find(|r| r.tool == tool && r.variant == variant)
+                .and_then(|r| r.median)
+                .map(|m| m.wall_s)
+        };
+        let peer = ["udpcast", "uftp"]
+            .iter()
+            .filter_map(|t| wall(t, "").map(|w| (w, *t)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let mut line = |what: String, v: f64, target: &str| {
+            s += &format!("| {scenario} | {mtu} | {k} | {what} | {v:.2} | {target} |\n");
+        };
+        let variants: Vec<&str> = group
+            .iter()
+            .filter(|r| r.tool == "light")
+            .map(|r| r.variant.as_str())
+            .collect();
+        for v in variants {
+            let Some(light) = wall("light", v) else {
+                continue;
+            };
+            let label = if v.is_empty() {
+                "light".to_owned()
+            } else {
+                format!("light {v}")
+            };
+            let uncached = v.starts_with("0%");
+            if scenario == "cached" && !uncached {
+                if let Some(none) = group
+                    .iter()
+                    .find(|r| r.tool == "light" && r.variant.starts_with("0%"))
+                    .and_then(|r| r.median)
+                {
+                    line(
+                        format!("{label} time / light without cache"),
+                        light / none.wall_s,
+                        "≤ 0.6",
+                    );
+                    // The same without the cache placement (which coded caching does ahead
+                    // of time, off-peak): the multicast delivery phases alone.
+                    let delivery = group
+                        .iter()
+                        .find(|r| r.tool == "light" && r.variant == v)
+                        .and_then(|r| r.median)
+                        .and_then(|m| m.delivery_s);
+                    if let (Some(d), Some(n)) = (delivery, none.delivery_s) {
+                        line(
+                            format!("{label} delivery phase / light's without cache"),
+                            d / n,
+                            "(placement excluded)",
+                        );
+                    }
+                }
+                if let Some((p, name)) = peer {
+                    line(format!("{label} time / {name} time"), light / p, "≤ 0.4");
+                }
+            } else if scenario != "cached"
+                && let Some((p, name)) = peer
+            {
+                let target = if scenario == "loss" {
+                    "≥ 2"
+                } else {
+                    "≥ 1.5"
+                };
+                line(format!("{label} goodput / {name}"), p / light, target);
+            }
+            if let Some(socket) = wall("light-noxdp", v) {
+                line(
+                    format!("{label}: AF_XDP goodput / socket path"),
+                    socket / light,
+                    "≥ 1.3",
+                );
+            }
+        }
+    }
     s
 }
 
@@ -298,6 +401,49 @@ mod tests {
         };
         r.summarize();
         r
+    }
+
+    #[test]
+    fn targets_are_same_run_ratios() {
+        let rep = |w: f64| Rep {
+            verified: true,
+            wall_s: w,
+            delivery_s: Some(w / 2.0),
+            ..Rep::default()
+        };
+        let at = |scenario: &str, tool: &str, variant: &str, w: f64| {
+            let mut r = row(tool, 4, vec![rep(w)]);
+            r.scenario = scenario.into();
+            r.variant = variant.into();
+            r
+        };
+        let rows = [
+            at("same", "light", "", 2.0),
+            at("same", "light-noxdp", "", 3.0),
+            at("same", "udpcast", "", 8.0),
+            at("same", "uftp", "", 5.0),
+            at("cached", "light", "0% (t=0)", 10.0),
+            at("cached", "light", "25% (t=1)", 4.0),
+            at("cached", "uftp", "", 20.0),
+        ];
+        let md = markdown(&rows);
+        assert!(
+            md.contains("| same | 1500 | 4 | light goodput / uftp | 2.50 | ≥ 1.5 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| light: AF_XDP goodput / socket path | 1.50 | ≥ 1.3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| light 25% (t=1) time / light without cache | 0.40 | ≤ 0.6 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| light 25% (t=1) time / uftp time | 0.20 | ≤ 0.4 |"),
+            "{md}"
+        );
+        assert!(!md.contains("light 0% (t=0) time"), "{md}");
     }
 
     #[test]

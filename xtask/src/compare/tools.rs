@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 use super::proc::{Exit, Proc, WaitError, wait_all, wait_exited};
 use crate::netns::{Host, Testbed};
@@ -197,9 +197,8 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
         ])
         .arg("--json");
     let t0 = Instant::now();
+    // Receivers retry the connect until the server has bound: no head start needed.
     let mut server = Proc::spawn(cmd, "light-serve", &logs)?;
-    // Let the server bind before the first connect; receivers retry on their own as well.
-    thread::sleep(Duration::from_millis(300));
     let mut receivers = Vec::new();
     let mut copies = Vec::new();
     for (r, host) in bed.receivers.iter().enumerate() {
@@ -223,6 +222,24 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
     let mut m = finish(&mut all, t0, s, copies, true)?;
     m.report = serde_json::from_str(server.stdout_text().trim()).ok();
     Ok(m)
+}
+
+/// Indexes a library with `light pack` (content ids, chunk hashes), as a deployment does once
+/// before serving it; `light serve` then only checks that nothing changed. Not timed: the
+/// peers have no index to build either.
+pub fn light_pack(s: &Settings, library: &Path) -> Result<()> {
+    let st = Command::new(&s.light_bin)
+        .arg("pack")
+        .arg(library)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", s.light_bin.display()))?;
+    ensure!(
+        st.success(),
+        "light pack {} failed: {st}",
+        library.display()
+    );
+    Ok(())
 }
 
 fn udpcast(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Measured> {
