@@ -93,6 +93,10 @@ pub struct ReceiveSummary {
     pub fec_decoded_blocks: u64,
     /// Packets dropped because their MAC did not verify (forged or corrupted).
     pub auth_failed: u64,
+    /// Shards that arrived twice (replays or network duplicates), dropped.
+    pub duplicates: u64,
+    /// Packet loss measured on the way from the server (0–1), from sequence numbers.
+    pub loss: f64,
 }
 
 /// Live progress for a progress bar: `(content, file bytes done, file size)`.
@@ -382,6 +386,7 @@ async fn receive_content(
             ok,
             detail,
             bytes_received: bytes,
+            loss: result.as_ref().ok().map(|s| s.loss),
         })
         .await;
     result
@@ -642,8 +647,10 @@ impl DataJob {
                 + stats.bad_index
                 + stats.duplicate
                 + stats.late,
+            duplicates: stats.duplicate,
             fec_decoded_blocks: stats.blocks_decoded,
             auth_failed,
+            loss: stats.loss(),
         })
     }
 }

@@ -122,6 +122,8 @@ pub struct SessionReport {
     pub multicast_gbps: f64,
     /// UDP GSO status of the send socket.
     pub gso: String,
+    /// The worst packet loss a receiver measured (sizes the next session's parity).
+    pub observed_loss: f64,
     /// FEC parameters used.
     pub fec: FecParams,
     /// Per receiver.
@@ -146,7 +148,7 @@ impl SessionReport {
              placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
              coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
              multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
-             repair: {} rounds, {} packets, {:.3} MiB\n",
+             repair: {} rounds, {} packets, {:.3} MiB; worst loss measured {:.2}%\n",
             self.session,
             self.scheme,
             self.t,
@@ -168,6 +170,7 @@ impl SessionReport {
             self.repair_rounds,
             self.repair_packets,
             self.repair_bytes as f64 / (1u64 << 20) as f64,
+            self.observed_loss * 100.0,
         );
         for r in &self.receivers {
             s.push_str(&format!(
@@ -347,7 +350,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
     let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
-    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
+    // The first pass's parity covers the worst loss recent sessions measured, so a lossy
+    // LAN does not pay for repair rounds every time.
+    let loss = match catalog.recent_loss(RECENT_SESSIONS)? {
+        Some(seen) if seen > cfg.expected_loss => {
+            let adapted = seen.min(MAX_ADAPTED_LOSS);
+            eprintln!(
+                "light: recent sessions measured up to {:.2}% loss; first-pass parity sized \
+                 for {:.2}%",
+                seen * 100.0,
+                adapted * 100.0
+            );
+            adapted
+        }
+        _ => cfg.expected_loss,
+    };
+    let fec = FecParams::for_loss(loss, symbol_size(cfg.mtu, cfg.group))?;
     let receivers = u32::try_from(cfg.receivers)
         .map_err(|_| SessionError::Protocol("too many receivers".into()))?;
     // The caches of the K receiver slots, as the catalog recorded them (or now records).
@@ -668,6 +686,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             / 1e9
             / served.max(1) as f64,
         gso: totals.gso.clone(),
+        observed_loss: totals.worst_loss,
         fec,
         receivers: outcomes,
     };
@@ -688,6 +707,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             report.multicast_bytes,
             report.placed_bytes,
         )?;
+        c.record_observed_loss(session_row, report.observed_loss)?;
     }
     Ok(report)
 }
@@ -728,6 +748,8 @@ struct Totals {
     pass_secs: f64,
     /// Requested-file bytes of the contents delivered, summed over receivers.
     delivered_bytes: u64,
+    /// The worst packet loss a receiver measured.
+    worst_loss: f64,
     gso: String,
 }
 
@@ -838,7 +860,9 @@ async fn deliver(
                                 Ok(ToServer::Progress { bytes, drops }) => {
                                     live.progress(a.id, bytes, drops);
                                 }
-                                Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
+                                Ok(ToServer::Done { ok: true, loss, .. }) => {
+                                    break Verdict::Verified(loss);
+                                }
                                 Ok(ToServer::Done { ok: false, detail, .. }) => {
                                     break Verdict::Failed(detail);
                                 }
@@ -871,7 +895,8 @@ async fn deliver(
             let i = a.rows[r];
             outcomes[i].seconds = Some(t - pass_secs);
             match verdict {
-                Verdict::Verified => {
+                Verdict::Verified(loss) => {
+                    totals.worst_loss = totals.worst_loss.max(loss.unwrap_or(0.0));
                     outcomes[i].outcome = "verified".into();
                     totals.delivered_bytes += a.contents[r].size;
                 }
@@ -953,6 +978,11 @@ async fn deliver(
     }));
     Ok(finished)
 }
+
+/// Sessions whose measured loss sizes the next first pass's parity.
+const RECENT_SESSIONS: u32 = 5;
+/// Most loss the first pass's parity is adapted to (beyond, repair rounds take over).
+const MAX_ADAPTED_LOSS: f64 = 0.2;
 
 /// How long a round that lost a receiver waits for it to reconnect before it ends.
 const REJOIN_GRACE: Duration = Duration::from_secs(5);
@@ -1218,7 +1248,7 @@ const MAX_REPAIR_STALLS: u32 = 4;
 
 /// What a receiver said at the end of a round.
 enum Verdict {
-    Verified,
+    Verified(Option<f64>),
     Failed(String),
     Lost(String),
     Nack(Vec<[u32; 3]>),
