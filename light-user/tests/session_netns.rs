@@ -229,6 +229,13 @@ fn five_percent_loss_on_all_receivers_needs_repair() {
 }
 
 #[test]
+fn five_percent_loss_on_one_receiver_needs_repair() {
+    let rep = lossy_session(50, false);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+    assert!(rep["observed_loss"].as_f64().unwrap() > 0.02, "{rep}");
+}
+
+#[test]
 fn one_percent_loss_on_all_receivers() {
     lossy_session(10, true);
 }
