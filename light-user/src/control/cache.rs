@@ -66,6 +66,14 @@ impl CacheStore {
         (None, Some(why))
     }
 
+    /// [`CacheStore::valid`] off the async threads (hashing a large cache takes a while).
+    pub async fn check(&self) -> Result<(Option<(CacheTag, u64)>, Option<String>), SessionError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.valid())
+            .await
+            .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))
+    }
+
     /// Drops the record: the bytes on disk are no longer known to be a complete cache.
     fn forget(&self) {
         let _ = std::fs::remove_file(self.record_path());
@@ -263,12 +271,7 @@ pub struct FillSummary {
 pub async fn fill(cfg: FillConfig) -> Result<FillSummary, SessionError> {
     let started = Instant::now();
     let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
-    let (have, discarded) = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || store.valid()
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    let (have, discarded) = store.check().await?;
     let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
     chan.send(&ToServer::Fill {
         receiver: cfg.receiver,

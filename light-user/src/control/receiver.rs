@@ -116,12 +116,7 @@ pub async fn receive(
     let started = Instant::now();
     // A cache kept from an earlier run is offered only if it still hashes right.
     let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
-    let (have, discarded) = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || store.valid()
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    let (have, discarded) = store.check().await?;
     if let Some(why) = discarded {
         eprintln!(
             "light: discarded the cache in {}: {why}",
