@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlobReceiver, CacheTag, ReceiverChannel, ToReceiver, ToServer, session::SessionError};
+use super::{
+    BlobReceiver, CacheTag, ControlError, ReceiverChannel, ToReceiver, ToServer,
+    session::SessionError,
+};
 
 /// What a cache file holds, stored beside it once it is complete and verified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,9 +156,11 @@ impl CacheStore {
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
             .await
             .map_err(io("seek"))?;
+        chan.set_timeout(Duration::from_secs(120));
         if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
-            if kept > 0 {
+            if kept > 0 && matches!(e, ControlError::BlobHash { .. }) {
                 // The kept prefix may be what failed verification: start clean next time.
+                // A transfer that broke off keeps what it has, to resume by offset.
                 let _ = std::fs::remove_file(&path);
             }
             return Err(SessionError::control("receive the cache")(e));

@@ -133,7 +133,8 @@ pub async fn receive(
     })
     .await
     .map_err(SessionError::control("send hello"))?;
-    // The server answers once every expected receiver is in: wait as long as it does.
+    // A server that is waiting for receivers answers as soon as it admits this one, but
+    // sends the cache only once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
     let contents = match chan
         .recv()
@@ -144,7 +145,6 @@ pub async fn receive(
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
-    chan.set_timeout(Duration::from_secs(120));
     let cache_path = store.data_path();
     let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
     // Older servers name no contents: the one asked for.
@@ -175,6 +175,7 @@ pub async fn receive(
 /// Waits for the server to announce the next content (it keeps the connection alive with
 /// heartbeats while other receivers' rounds run).
 async fn next_announcement(chan: &mut ReceiverChannel) -> Result<ToReceiver, SessionError> {
+    // The server heartbeats this receiver while other receivers' rounds run.
     chan.set_timeout(SILENCE);
     loop {
         match chan.recv().await {
@@ -381,7 +382,8 @@ async fn receive_content(
             ok,
             detail,
             bytes_received: bytes,
-            loss: result.as_ref().ok().map(|s| s.loss),
+            // Failed deliveries report their loss too: they are the lossiest.
+            loss: drops.loss(),
         })
         .await;
     result
