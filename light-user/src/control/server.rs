@@ -1072,7 +1072,7 @@ async fn rejoin(
     }
     eprintln!("light: receiver {receiver} rejoins the session");
     chan.set_timeout(Duration::from_secs(60));
-    if let Err(e) = place(
+    match place(
         &mut chan,
         receiver,
         m.slot,
@@ -1083,8 +1083,11 @@ async fn rejoin(
     )
     .await
     {
-        eprintln!("light: receiver {receiver} could not rejoin: {e}");
-        return None;
+        Ok(placed) => shared.live.placed(receiver, placed),
+        Err(e) => {
+            eprintln!("light: receiver {receiver} could not rejoin: {e}");
+            return None;
+        }
     }
     let a = Admitted {
         id: receiver,
