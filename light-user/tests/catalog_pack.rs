@@ -468,7 +468,7 @@ fn readers_do_not_block_a_pack() {
 fn schema_is_versioned_and_newer_schemas_are_refused() {
     let lib = tempfile::tempdir().unwrap();
     let v = Catalog::open(lib.path()).unwrap().schema_version().unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     // Reopening does not re-run migrations.
     assert_eq!(
         Catalog::open(lib.path()).unwrap().schema_version().unwrap(),
@@ -481,7 +481,7 @@ fn schema_is_versioned_and_newer_schemas_are_refused() {
         Catalog::open(lib.path()),
         Err(CatalogError::SchemaTooNew {
             found: 99,
-            supported: 2
+            supported: 3
         })
     ));
 }
@@ -613,4 +613,22 @@ fn sessions_left_unfinished_are_recorded_as_failed() {
         Some(SessionOutcome::Completed)
     );
     assert_eq!(cat.fail_unfinished_sessions().unwrap(), 0);
+}
+
+#[test]
+fn observed_loss_of_recent_sessions() {
+    let lib = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(lib.path()).unwrap();
+    assert_eq!(cat.recent_loss(3).unwrap(), None);
+    let ids: Vec<_> = (0..4)
+        .map(|_| cat.record_session_start(&"plan").unwrap())
+        .collect();
+    for (id, loss) in ids.iter().zip([0.3, 0.01, 0.05, 0.02]) {
+        cat.record_observed_loss(*id, loss).unwrap();
+    }
+    // The worst of the last three: the 30% session has aged out.
+    assert_eq!(cat.recent_loss(3).unwrap(), Some(0.05));
+    assert_eq!(cat.recent_loss(10).unwrap(), Some(0.3));
+    cat.record_observed_loss(ids[3], 7.0).unwrap();
+    assert_eq!(cat.recent_loss(1).unwrap(), Some(1.0), "clamped");
 }

@@ -68,6 +68,7 @@ async fn whole_session_round_trips_every_message() {
         ok: true,
         detail: "verified".into(),
         bytes_received: 1 << 33,
+        loss: None,
     };
 
     let server_side = {

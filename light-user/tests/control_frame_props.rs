@@ -53,11 +53,18 @@ fn arb_msg() -> impl Strategy<Value = ToServer> {
         ".{0,20}".prop_map(|t| ToServer::Status {
             token: (!t.is_empty()).then_some(t)
         }),
-        (any::<bool>(), ".{0,30}", any::<u64>()).prop_map(|(ok, detail, b)| ToServer::Done {
-            ok,
-            detail,
-            bytes_received: b
-        }),
+        (
+            any::<bool>(),
+            ".{0,30}",
+            any::<u64>(),
+            prop::option::of(0.0f64..=1.0)
+        )
+            .prop_map(|(ok, detail, b, loss)| ToServer::Done {
+                ok,
+                detail,
+                bytes_received: b,
+                loss,
+            }),
         Just(ToServer::Heartbeat),
     ]
 }

@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (placement, slot),
          UNIQUE (placement, receiver)
      ) WITHOUT ROWID;",
+    // v3: the worst packet loss a receiver measured in each session, so the next session's
+    // first pass carries enough parity without waiting for repair rounds.
+    "ALTER TABLE sessions ADD COLUMN observed_loss REAL;",
 ];
 
 /// Id of a recorded placement.
@@ -412,6 +415,29 @@ impl Catalog {
             return Err(CatalogError::UnknownSession(id));
         }
         Ok(())
+    }
+
+    /// Records the worst packet loss (0–1) a receiver of session `id` measured.
+    pub fn record_observed_loss(&self, id: SessionId, loss: f64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET observed_loss = ?2 WHERE id = ?1",
+                params![id, loss.clamp(0.0, 1.0)],
+            )
+            .map_err(db_err("recording the observed loss"))?;
+        Ok(())
+    }
+
+    /// The worst loss measured over the last `sessions` sessions that measured one.
+    pub fn recent_loss(&self, sessions: u32) -> Result<Option<f64>> {
+        self.conn
+            .query_row(
+                "SELECT MAX(observed_loss) FROM (SELECT observed_loss FROM sessions
+                 WHERE observed_loss IS NOT NULL ORDER BY id DESC LIMIT ?1)",
+                [sessions],
+                |r| r.get(0),
+            )
+            .map_err(db_err("reading the observed loss"))
     }
 
     /// The record of session `id`.

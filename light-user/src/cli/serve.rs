@@ -27,7 +27,9 @@ pub struct Args {
     /// Library directory: every file below it can be requested (packed on start).
     #[arg(long)]
     library: PathBuf,
-    /// Receivers to wait for before placing caches and multicasting.
+    /// Receivers to wait for before placing caches and multicasting. Also the number of
+    /// cache slots: caches filled ahead (`light cache fill`) stay valid as long as the
+    /// library, -k, --cache, --scheme and the packet size (--mtu, group family) stay.
     #[arg(long, short = 'k')]
     receivers: usize,
     /// Cache budget per receiver: a share of the library (`25%`), a size (`2GiB`), or `0`.

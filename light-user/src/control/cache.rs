@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlobReceiver, CacheTag, ReceiverChannel, ToReceiver, ToServer, session::SessionError};
+use super::{
+    BlobReceiver, CacheTag, ControlError, ReceiverChannel, ToReceiver, ToServer,
+    session::SessionError,
+};
 
 /// What a cache file holds, stored beside it once it is complete and verified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +67,14 @@ impl CacheStore {
         self.forget();
         let _ = std::fs::remove_file(self.data_path());
         (None, Some(why))
+    }
+
+    /// [`CacheStore::valid`] off the async threads (hashing a large cache takes a while).
+    pub async fn check(&self) -> Result<(Option<(CacheTag, u64)>, Option<String>), SessionError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.valid())
+            .await
+            .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))
     }
 
     /// Drops the record: the bytes on disk are no longer known to be a complete cache.
@@ -145,9 +156,11 @@ impl CacheStore {
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(kept))
             .await
             .map_err(io("seek"))?;
+        chan.set_timeout(Duration::from_secs(120));
         if let Err(e) = chan.recv_blob(&mut state, &mut file).await {
-            if kept > 0 {
+            if kept > 0 && matches!(e, ControlError::BlobHash { .. }) {
                 // The kept prefix may be what failed verification: start clean next time.
+                // A transfer that broke off keeps what it has, to resume by offset.
                 let _ = std::fs::remove_file(&path);
             }
             return Err(SessionError::control("receive the cache")(e));
@@ -263,12 +276,7 @@ pub struct FillSummary {
 pub async fn fill(cfg: FillConfig) -> Result<FillSummary, SessionError> {
     let started = Instant::now();
     let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
-    let (have, discarded) = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || store.valid()
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    let (have, discarded) = store.check().await?;
     let mut chan = connect(cfg.server, cfg.connect_timeout).await?;
     chan.send(&ToServer::Fill {
         receiver: cfg.receiver,

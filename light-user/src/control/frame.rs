@@ -306,6 +306,7 @@ mod tests {
                 ok: false,
                 detail: "bad \"quote\" \u{1F600}".into(),
                 bytes_received: 1 << 40,
+                loss: None,
             },
             ToServer::Heartbeat,
         ]

@@ -396,17 +396,17 @@ impl Live {
             ),
             (
                 "light_receivers_lost_total",
-                "Admitted receivers that went silent or disconnected.",
+                "Deliveries (receiver, content) whose receiver went silent or disconnected.",
                 &c.lost,
             ),
             (
                 "light_receivers_verified_total",
-                "Admitted receivers that verified their file.",
+                "Deliveries (receiver, content) verified by their receiver.",
                 &c.verified,
             ),
             (
                 "light_receivers_failed_total",
-                "Admitted receivers that failed otherwise.",
+                "Deliveries (receiver, content) that failed otherwise.",
                 &c.failed,
             ),
             (
@@ -488,7 +488,7 @@ impl Live {
 /// A receiver's drop counters as its data thread last stored them, for the control loop
 /// to report with [`super::ToServer::Progress`].
 #[derive(Debug, Default)]
-pub struct SharedDrops([AtomicU64; 5]);
+pub struct SharedDrops([AtomicU64; 5], AtomicU64);
 
 impl SharedDrops {
     /// Stores the assembler's counters and the MAC failures.
@@ -502,6 +502,21 @@ impl SharedDrops {
         ];
         for (a, v) in self.0.iter().zip(v) {
             a.store(v, Ordering::Relaxed);
+        }
+        // Stored as the bits + 1, so 0 means "no packet of the session yet".
+        let loss = if stats.in_session > 0 {
+            stats.loss().to_bits().saturating_add(1)
+        } else {
+            0
+        };
+        self.1.store(loss, Ordering::Relaxed);
+    }
+
+    /// The loss measured so far (`None` before the first packet of the session).
+    pub fn loss(&self) -> Option<f64> {
+        match self.1.load(Ordering::Relaxed) {
+            0 => None,
+            b => Some(f64::from_bits(b - 1)),
         }
     }
 

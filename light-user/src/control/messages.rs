@@ -114,6 +114,9 @@ pub enum ToServer {
         detail: String,
         /// Multicast payload bytes received.
         bytes_received: u64,
+        /// Packet loss the receiver measured on the way from the server (0–1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss: Option<f64>,
     },
     /// Keep-alive.
     Heartbeat,
@@ -588,6 +591,7 @@ mod tests {
                 ok: true,
                 detail: String::new(),
                 bytes_received: 9,
+                loss: None,
             },
             &mut s,
             &mut c,
@@ -663,6 +667,7 @@ mod tests {
                 ok: true,
                 detail: String::new(),
                 bytes_received: 1,
+                loss: None,
             })
             .unwrap();
         }
@@ -707,6 +712,7 @@ mod tests {
             ok,
             detail: String::new(),
             bytes_received: 0,
+            loss: None,
         };
         assert!(c.sent(&done(true)).is_err());
         c.sent(&done(false)).unwrap();

@@ -13,6 +13,10 @@ use crate::{
     coding::{Plan, PlanInput, plan},
 };
 
+/// Version of the planner's placement rules: a build that places differently from the
+/// same input bumps it, so caches it did not fill are never taken for its own.
+const PLACEMENT_FORMAT: u32 = 1;
+
 /// The placement for one library version and receiver population.
 #[derive(Debug)]
 pub struct Placement {
@@ -39,6 +43,7 @@ impl Placement {
         // Everything the caches depend on except the seed (which the record keeps).
         let key = blake3::hash(
             serde_json::json!({
+                "format": PLACEMENT_FORMAT,
                 "library": library,
                 "receivers": fresh.receivers,
                 "file_lens": fresh.file_lens,
@@ -67,11 +72,6 @@ impl Placement {
             library,
             key,
         })
-    }
-
-    /// Number of receiver slots (K).
-    pub fn slots(&self) -> u32 {
-        self.slots
     }
 
     /// The plan input for a session whose receiver in slot `s` demands `demands[s]`

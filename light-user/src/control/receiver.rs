@@ -93,6 +93,10 @@ pub struct ReceiveSummary {
     pub fec_decoded_blocks: u64,
     /// Packets dropped because their MAC did not verify (forged or corrupted).
     pub auth_failed: u64,
+    /// Shards that arrived twice (replays or network duplicates), dropped.
+    pub duplicates: u64,
+    /// Packet loss measured on the way from the server (0–1), from sequence numbers.
+    pub loss: f64,
 }
 
 /// Live progress for a progress bar: `(content, file bytes done, file size)`.
@@ -112,12 +116,7 @@ pub async fn receive(
     let started = Instant::now();
     // A cache kept from an earlier run is offered only if it still hashes right.
     let store = CacheStore::new(&cfg.cache_dir, cfg.receiver);
-    let (have, discarded) = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || store.valid()
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))?;
+    let (have, discarded) = store.check().await?;
     if let Some(why) = discarded {
         eprintln!(
             "light: discarded the cache in {}: {why}",
@@ -134,7 +133,8 @@ pub async fn receive(
     })
     .await
     .map_err(SessionError::control("send hello"))?;
-    // The server answers once every expected receiver is in: wait as long as it does.
+    // A server that is waiting for receivers answers as soon as it admits this one, but
+    // sends the cache only once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
     let contents = match chan
         .recv()
@@ -145,7 +145,6 @@ pub async fn receive(
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
-    chan.set_timeout(Duration::from_secs(120));
     let cache_path = store.data_path();
     let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
     // Older servers name no contents: the one asked for.
@@ -176,6 +175,7 @@ pub async fn receive(
 /// Waits for the server to announce the next content (it keeps the connection alive with
 /// heartbeats while other receivers' rounds run).
 async fn next_announcement(chan: &mut ReceiverChannel) -> Result<ToReceiver, SessionError> {
+    // The server heartbeats this receiver while other receivers' rounds run.
     chan.set_timeout(SILENCE);
     loop {
         match chan.recv().await {
@@ -382,6 +382,8 @@ async fn receive_content(
             ok,
             detail,
             bytes_received: bytes,
+            // Failed deliveries report their loss too: they are the lossiest.
+            loss: drops.loss(),
         })
         .await;
     result
@@ -642,8 +644,10 @@ impl DataJob {
                 + stats.bad_index
                 + stats.duplicate
                 + stats.late,
+            duplicates: stats.duplicate,
             fec_decoded_blocks: stats.blocks_decoded,
             auth_failed,
+            loss: stats.loss(),
         })
     }
 }

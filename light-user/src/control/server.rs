@@ -122,6 +122,8 @@ pub struct SessionReport {
     pub multicast_gbps: f64,
     /// UDP GSO status of the send socket.
     pub gso: String,
+    /// The worst packet loss a receiver measured (sizes the next session's parity).
+    pub observed_loss: f64,
     /// FEC parameters used.
     pub fec: FecParams,
     /// Per receiver.
@@ -146,7 +148,7 @@ impl SessionReport {
              placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
              coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
              multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
-             repair: {} rounds, {} packets, {:.3} MiB\n",
+             repair: {} rounds, {} packets, {:.3} MiB; worst loss measured {:.2}%\n",
             self.session,
             self.scheme,
             self.t,
@@ -168,6 +170,7 @@ impl SessionReport {
             self.repair_rounds,
             self.repair_packets,
             self.repair_bytes as f64 / (1u64 << 20) as f64,
+            self.observed_loss * 100.0,
         );
         for r in &self.receivers {
             s.push_str(&format!(
@@ -220,6 +223,8 @@ struct Shared {
     session: u32,
     /// Receivers admitted to the session: their cache slots are not given away.
     in_session: Mutex<Vec<u32>>,
+    /// The contents as packed when the server started (what its files and plans hold).
+    known: BTreeMap<u32, ContentInfo>,
     /// What the session is doing, for status and metrics.
     live: Arc<Live>,
 }
@@ -347,7 +352,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let session: u32 = rand::random::<u32>() | 1;
     let key = cfg.authenticate_packets.then(PacketKey::random);
     let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
-    let fec = FecParams::for_loss(cfg.expected_loss, symbol_size(cfg.mtu, cfg.group))?;
+    // The first pass's parity covers the worst loss recent sessions measured, so a lossy
+    // LAN does not pay for repair rounds every time.
+    let loss = match catalog.recent_loss(RECENT_SESSIONS)? {
+        Some(seen) if seen > cfg.expected_loss => {
+            let adapted = seen.min(MAX_ADAPTED_LOSS);
+            eprintln!(
+                "light: recent sessions measured up to {:.2}% loss; first-pass parity sized \
+                 for {:.2}%",
+                seen * 100.0,
+                adapted * 100.0
+            );
+            adapted
+        }
+        _ => cfg.expected_loss,
+    };
+    let fec = FecParams::for_loss(loss, symbol_size(cfg.mtu, cfg.group))?;
     let receivers = u32::try_from(cfg.receivers)
         .map_err(|_| SessionError::Protocol("too many receivers".into()))?;
     // The caches of the K receiver slots, as the catalog recorded them (or now records).
@@ -390,6 +410,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         session,
         in_session: Mutex::new(Vec::new()),
         live: live.clone(),
+        known: contents.iter().map(|c| (c.id, c.clone())).collect(),
     });
 
     let (admitted, mut outcomes) = gather(&cfg, &listener, &shared).await?;
@@ -403,14 +424,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             let (shared, rejoin_tx) = (late_shared.clone(), rejoin_tx.clone());
             tokio::spawn(async move {
                 chan.set_timeout(Duration::from_secs(10));
-                let (receiver, content, token, have) = match chan.recv().await {
+                let (receiver, content, more, token, have) = match chan.recv().await {
                     Ok(ToServer::Hello {
                         receiver,
                         content,
                         token,
                         have_cache,
-                        ..
-                    }) => (receiver, content, token, have_cache),
+                        more,
+                    }) => (receiver, content, more, token, have_cache),
                     Ok(ToServer::Fill {
                         receiver,
                         token,
@@ -427,11 +448,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
                     .lock()
                     .is_ok_and(|s| s.contains(&receiver));
                 if admits && member {
+                    let asked = shared
+                        .catalog
+                        .lock()
+                        .map_err(|_| "catalog lock poisoned".to_owned())
+                        .and_then(|c| resolve_all(&c, &shared.known, &content, &more))
+                        .map(|cs| cs.into_iter().map(|c| c.id).collect());
                     let _ = rejoin_tx
                         .send(Rejoin {
                             receiver,
                             have,
                             chan,
+                            asked,
                         })
                         .await;
                     return;
@@ -526,12 +554,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         })
         .collect();
 
-    // Caches, all receivers in parallel.
-    let mut tasks = Vec::new();
+    // Caches, all receivers in parallel; those done are kept alive while others finish.
+    let mut tasks = tokio::task::JoinSet::new();
     for mut a in admitted {
         live.receiver_state(a.id, "placing");
         let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             a.chan.set_timeout(Duration::from_secs(60));
             let r = place(
                 &mut a.chan,
@@ -544,20 +572,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             )
             .await;
             (a, r)
-        }));
+        });
     }
-    let mut pool = Vec::new();
+    let mut placed = Holder::new(&live);
     let mut placed_total = 0;
-    for t in tasks {
-        let (a, r) = t
-            .await
-            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
+    while let Some(t) = tasks.join_next().await {
+        let (a, r) = t.map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?;
         match r {
-            Ok(placed) => {
-                live.placed(a.id, placed);
-                placed_total += placed;
-                outcomes[a.rows[0]].placed_bytes = placed;
-                pool.push(a);
+            Ok(bytes) => {
+                live.placed(a.id, bytes);
+                placed_total += bytes;
+                outcomes[a.rows[0]].placed_bytes = bytes;
+                placed.hold(a);
             }
             Err(e) => {
                 let outcome = format!("failed before the multicast (slot {}): {e}", a.slot);
@@ -568,6 +594,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             }
         }
     }
+    let mut pool = placed.release().await;
 
     // The passes run on a thread of their own (encoder there, sender on its own thread).
     let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
@@ -668,6 +695,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             / 1e9
             / served.max(1) as f64,
         gso: totals.gso.clone(),
+        observed_loss: totals.worst_loss.unwrap_or(0.0),
         fec,
         receivers: outcomes,
     };
@@ -688,6 +716,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             report.multicast_bytes,
             report.placed_bytes,
         )?;
+        if let Some(loss) = totals.worst_loss {
+            c.record_observed_loss(session_row, loss)?;
+        }
     }
     Ok(report)
 }
@@ -704,6 +735,8 @@ struct Rejoin {
     receiver: u32,
     have: Option<CacheTag>,
     chan: ServerChannel,
+    /// The content ids its hello resolves to (they must be the session's for it).
+    asked: Result<Vec<u32>, String>,
 }
 
 /// One delivery round: a plan for one content per participating receiver.
@@ -728,7 +761,17 @@ struct Totals {
     pass_secs: f64,
     /// Requested-file bytes of the contents delivered, summed over receivers.
     delivered_bytes: u64,
+    /// The worst packet loss a receiver measured (`None`: none measured any).
+    worst_loss: Option<f64>,
     gso: String,
+}
+
+impl Totals {
+    fn saw_loss(&mut self, loss: Option<f64>) {
+        if let Some(l) = loss {
+            self.worst_loss = Some(self.worst_loss.map_or(l, |w| w.max(l)));
+        }
+    }
 }
 
 /// Announces `round` to its receivers, multicasts it and runs repair rounds until every
@@ -749,35 +792,33 @@ async fn deliver(
 ) -> Result<Vec<Admitted>, SessionError> {
     let (r, live) = (round.index, &shared.live);
     let slots: Vec<u32> = part.iter().map(|a| a.slot).collect();
-    let mut failed = Vec::new();
-    let mut ready = Vec::new();
-    let tasks: Vec<_> = part
-        .into_iter()
-        .map(|a| {
-            live.content(a.id, &a.contents[r].path, a.contents[r].size);
-            let (shared, input, session, ann) = (
-                shared.clone(),
-                round.input.clone(),
-                round.session,
-                round.ann.clone(),
-            );
-            tokio::spawn(async move { announce(a, r, input, session, &shared, ann).await })
-        })
-        .collect();
-    for t in tasks {
-        match t
-            .await
-            .map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))?
-        {
-            Ok(a) => ready.push(a),
+    // Receivers done with this round, kept alive until it ends.
+    let mut done = Holder::new(live);
+    // Those that are listening, kept alive while the others get ready.
+    let mut listening = Holder::new(live);
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in part {
+        live.content(a.id, &a.contents[r].path, a.contents[r].size);
+        let (shared, input, session, ann) = (
+            shared.clone(),
+            round.input.clone(),
+            round.session,
+            round.ann.clone(),
+        );
+        tasks.spawn(async move { announce(a, r, input, session, &shared, ann).await });
+    }
+    while let Some(t) = tasks.join_next().await {
+        match t.map_err(|e| SessionError::Protocol(format!("receiver task: {e}")))? {
+            Ok(a) => listening.hold(a),
             Err((a, e)) => {
                 let outcome = format!("failed before the multicast: {e}");
                 live.outcome(a.id, &outcome);
                 outcomes[a.rows[r]].outcome = outcome;
-                failed.push(a);
+                done.hold(a);
             }
         }
     }
+    let ready = listening.release().await;
     totals.uncoded_bytes += uncoded_bytes(&round.plan, &slots);
 
     let passes = PassThread::spawn(
@@ -807,17 +848,23 @@ async fn deliver(
     // Rounds: every receiver still in reports Done or the blocks it lacks; the lacking
     // blocks get more parity, once for all who miss them.
     let mut active = back;
-    let mut finished: Vec<Admitted> = failed;
     // Rounds go on while they help: a round that leaves more shards missing than the best
     // so far counts against a small budget of stalls.
     let (mut best, mut stalls) = (u64::MAX, 0);
+    let mut asked_before: BTreeMap<(u32, u32), u16> = BTreeMap::new();
     let mut grace = true;
     for repair in 0..=MAX_REPAIR_ROUNDS {
         // Receivers that reconnected take their place again (their old connection is dead).
         while let Ok(j) = rejoins.try_recv() {
-            if let Some(a) = rejoin(j, round, roster, shared).await {
+            let (back, joined) = with_heartbeats(
+                std::mem::take(&mut active),
+                rejoin(j, round, roster, shared),
+                live,
+            )
+            .await;
+            active = back;
+            if let Some(a) = joined {
                 active.retain(|o| o.id != a.id);
-                finished.retain(|o| o.id != a.id);
                 outcomes[a.rows[r]].outcome = "rejoined".into();
                 active.push(a);
             }
@@ -838,9 +885,11 @@ async fn deliver(
                                 Ok(ToServer::Progress { bytes, drops }) => {
                                     live.progress(a.id, bytes, drops);
                                 }
-                                Ok(ToServer::Done { ok: true, .. }) => break Verdict::Verified,
-                                Ok(ToServer::Done { ok: false, detail, .. }) => {
-                                    break Verdict::Failed(detail);
+                                Ok(ToServer::Done { ok: true, loss, .. }) => {
+                                    break Verdict::Verified(loss);
+                                }
+                                Ok(ToServer::Done { ok: false, detail, loss, .. }) => {
+                                    break Verdict::Failed(detail, loss);
                                 }
                                 Ok(ToServer::Nack { blocks }) => break Verdict::Nack(blocks),
                                 Ok(_) => {}
@@ -871,11 +920,15 @@ async fn deliver(
             let i = a.rows[r];
             outcomes[i].seconds = Some(t - pass_secs);
             match verdict {
-                Verdict::Verified => {
+                Verdict::Verified(loss) => {
+                    totals.saw_loss(loss);
                     outcomes[i].outcome = "verified".into();
                     totals.delivered_bytes += a.contents[r].size;
                 }
-                Verdict::Failed(d) => outcomes[i].outcome = format!("failed: {d}"),
+                Verdict::Failed(d, loss) => {
+                    totals.saw_loss(loss);
+                    outcomes[i].outcome = format!("failed: {d}");
+                }
                 Verdict::Lost(e) => {
                     lost_any = true;
                     outcomes[i].outcome = format!("lost: {e}");
@@ -894,7 +947,7 @@ async fn deliver(
                 }
             }
             live.outcome(a.id, &outcomes[i].outcome);
-            finished.push(a);
+            done.hold(a);
         }
         if active.is_empty() && lost_any && grace {
             // A receiver that dropped out may be restarting: give it a moment to rejoin
@@ -903,18 +956,21 @@ async fn deliver(
             if let Ok(Some(j)) = tokio::time::timeout(REJOIN_GRACE, rejoins.recv()).await
                 && let Some(a) = rejoin(j, round, roster, shared).await
             {
-                finished.retain(|o| o.id != a.id);
                 outcomes[a.rows[r]].outcome = "rejoined".into();
                 active.push(a);
                 continue;
             }
         }
         let asked: u64 = requests.values().map(|&n| u64::from(n)).sum();
-        if asked < best {
-            best = asked;
+        // Progress: fewer shards asked for, or blocks asked for last time now complete (a
+        // receiver missing much lists only the first MAX_NACK_BLOCKS each time).
+        let completed = asked_before.keys().any(|b| !requests.contains_key(b));
+        if asked < best || completed {
+            best = best.min(asked);
         } else {
             stalls += 1;
         }
+        asked_before.clone_from(&requests);
         if active.is_empty() || repair == MAX_REPAIR_ROUNDS || stalls > MAX_REPAIR_STALLS {
             break;
         }
@@ -948,11 +1004,30 @@ async fn deliver(
         totals.repair_bytes += stats.udp_bytes;
         totals.repair_packets += stats.packets;
     }
-    finished.extend(active.into_iter().inspect(|a| {
+    // Receivers still short when repair gives up are told so, not left waiting.
+    for a in &mut active {
         live.outcome(a.id, &outcomes[a.rows[r]].outcome);
-    }));
-    Ok(finished)
+        let reason = format!("the server gave up: {}", outcomes[a.rows[r]].outcome);
+        let _ = a.chan.send(&ToReceiver::Refused { reason }).await;
+    }
+    let mut finished = done.release().await;
+    finished.extend(active);
+    Ok(latest_per_receiver(finished))
 }
+
+/// Keeps one connection per receiver: the last one (a rejoin replaces a dead one).
+fn latest_per_receiver(all: Vec<Admitted>) -> Vec<Admitted> {
+    let mut by_id: BTreeMap<u32, Admitted> = BTreeMap::new();
+    for a in all {
+        by_id.insert(a.id, a);
+    }
+    by_id.into_values().collect()
+}
+
+/// Sessions whose measured loss sizes the next first pass's parity.
+const RECENT_SESSIONS: u32 = 5;
+/// Most loss the first pass's parity is adapted to (beyond, repair rounds take over).
+const MAX_ADAPTED_LOSS: f64 = 0.2;
 
 /// How long a round that lost a receiver waits for it to reconnect before it ends.
 const REJOIN_GRACE: Duration = Duration::from_secs(5);
@@ -969,12 +1044,24 @@ async fn rejoin(
         receiver,
         have,
         mut chan,
+        asked,
     } = j;
     let r = round.index;
-    let Some(m) = roster.get(&receiver).filter(|m| m.contents.len() > r) else {
-        let reason = "this receiver has no content left in the running session".to_owned();
-        let _ = chan.send(&ToReceiver::Refused { reason }).await;
-        return None;
+    let refusal = match (roster.get(&receiver), asked) {
+        (_, Err(reason)) => Err(reason),
+        (Some(m), Ok(ids)) if ids != m.contents.iter().map(|c| c.id).collect::<Vec<_>>() => {
+            Err("it rejoins asking for other contents than it did".to_owned())
+        }
+        (Some(m), Ok(_)) if m.contents.len() > r => Ok(m),
+        _ => Err("this receiver has no content left in the running session".to_owned()),
+    };
+    let m = match refusal {
+        Ok(m) => m,
+        Err(reason) => {
+            eprintln!("light: receiver {receiver} cannot rejoin: {reason}");
+            let _ = chan.send(&ToReceiver::Refused { reason }).await;
+            return None;
+        }
     };
     let accepted = ToReceiver::Accepted {
         session: shared.session,
@@ -985,7 +1072,7 @@ async fn rejoin(
     }
     eprintln!("light: receiver {receiver} rejoins the session");
     chan.set_timeout(Duration::from_secs(60));
-    if let Err(e) = place(
+    match place(
         &mut chan,
         receiver,
         m.slot,
@@ -996,8 +1083,11 @@ async fn rejoin(
     )
     .await
     {
-        eprintln!("light: receiver {receiver} could not rejoin: {e}");
-        return None;
+        Ok(placed) => shared.live.placed(receiver, placed),
+        Err(e) => {
+            eprintln!("light: receiver {receiver} could not rejoin: {e}");
+            return None;
+        }
     }
     let a = Admitted {
         id: receiver,
@@ -1084,12 +1174,24 @@ async fn gather(
                         Err("missing or wrong token".to_owned())
                     } else {
                         shared.catalog.lock().map_err(|_| "catalog lock poisoned".to_owned())
-                            .and_then(|c| resolve_all(&c, &content, &more))
+                            .and_then(|c| resolve_all(&c, &shared.known, &content, &more))
                     };
                     let _ = tx.send((receiver, content, have_cache, chan, resolved)).await;
                 });
             }
             Some((id, content, have, mut chan, r)) = rx.recv() => {
+                // A receiver restarted while the server gathers takes its own place again;
+                // another one with a live connection under the same id is refused.
+                if r.is_ok()
+                    && let Some(old) = admitted.get_mut(&id)
+                    && connection_is_dead(old).await
+                {
+                    admitted.remove(&id);
+                    if let Ok(mut s) = shared.in_session.lock() {
+                        s.retain(|&r| r != id);
+                    }
+                    eprintln!("light: receiver {id} reconnected; its old connection is closed");
+                }
                 let r = r.and_then(|infos| {
                     if admitted.contains_key(&id) {
                         return Err(format!("receiver id {id} is already in this session"));
@@ -1103,7 +1205,14 @@ async fn gather(
                 match r {
                     Ok((infos, slot)) => {
                         let paths: Vec<String> = infos.iter().map(|c| c.path.clone()).collect();
-                        chan.send(&ToReceiver::Accepted { session: shared.session, contents: paths.clone() }).await.map_err(SessionError::control("accept a receiver"))?;
+                        if let Err(e) = chan.send(&ToReceiver::Accepted { session: shared.session, contents: paths.clone() }).await {
+                            // Gone between its hello and the answer: the session goes on.
+                            eprintln!("light: receiver {id} left before it was admitted: {e}");
+                            if let Ok(mut s) = shared.in_session.lock() {
+                                s.retain(|&r| r != id);
+                            }
+                            continue;
+                        }
                         eprintln!("light: receiver {id} wants {} (slot {slot}; {} of {})", paths.join(", "), admitted.len() + 1, cfg.receivers);
                         shared.live.admitted(id, &infos[0].path, infos[0].size);
                         admitted.insert(id, Admitted { id, contents: infos, rows: Vec::new(), chan, slot, have, pending: None });
@@ -1127,17 +1236,38 @@ async fn gather(
     Ok((admitted.into_values().collect(), refused))
 }
 
-/// The contents a hello asks for, directories expanded, each once, in the order asked.
+/// Whether an admitted receiver's connection is closed (it says nothing while it waits,
+/// so a read that ends at once means the peer is gone).
+async fn connection_is_dead(a: &mut Admitted) -> bool {
+    match tokio::time::timeout(Duration::from_millis(50), a.chan.recv()).await {
+        Err(_) => false,
+        Ok(Err(_)) => true,
+        Ok(Ok(msg)) => {
+            a.pending = Some(Ok(msg));
+            false
+        }
+    }
+}
+
+/// The contents a hello asks for, directories expanded, each once, in the order asked;
+/// only as `known` (packed when the server started) holds them.
 fn resolve_all(
     catalog: &Catalog,
+    known: &BTreeMap<u32, ContentInfo>,
     first: &str,
     more: &[String],
 ) -> Result<Vec<ContentInfo>, String> {
     let mut out: Vec<ContentInfo> = Vec::new();
     for name in std::iter::once(first).chain(more.iter().map(String::as_str)) {
         for c in catalog.resolve_many(name).map_err(|e| e.to_string())? {
-            if out.iter().all(|o| o.id != c.id) {
-                out.push(c);
+            let Some(k) = known.get(&c.id).filter(|k| k.version == c.version) else {
+                return Err(format!(
+                    "{} was packed after this server started; restart the server to serve it",
+                    c.path
+                ));
+            };
+            if out.iter().all(|o| o.id != k.id) {
+                out.push(k.clone());
             }
         }
     }
@@ -1176,7 +1306,7 @@ async fn announce(
         .catalog
         .lock()
         .map_err(|_| SessionError::Protocol("catalog lock poisoned".into()))
-        .and_then(|c| Ok(c.manifest(a.contents[r].id)?))
+        .and_then(|c| Ok(c.manifest_version(a.contents[r].id, a.contents[r].version)?))
     {
         Ok(m) => m,
         Err(e) => return Err((a, e)),
@@ -1218,8 +1348,8 @@ const MAX_REPAIR_STALLS: u32 = 4;
 
 /// What a receiver said at the end of a round.
 enum Verdict {
-    Verified,
-    Failed(String),
+    Verified(Option<f64>),
+    Failed(String, Option<f64>),
     Lost(String),
     Nack(Vec<[u32; 3]>),
 }
@@ -1303,50 +1433,72 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which the other side of the control channel counts as gone.
 pub const SILENCE: Duration = Duration::from_secs(15);
 
-/// Runs `work` while a task per receiver keeps its control channel alive with heartbeats
-/// and records its progress reports; gives the channels back with the work's result. A
-/// receiver whose channel fails is returned all the same: the next read reports it lost.
+/// Receivers kept alive (heartbeats sent, progress read) while the session attends to
+/// others; anything but progress they send is kept for whoever reads them next.
+struct Holder {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Admitted>>,
+    live: Arc<Live>,
+}
+
+impl Holder {
+    fn new(live: &Arc<Live>) -> Self {
+        Self {
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: Vec::new(),
+            live: live.clone(),
+        }
+    }
+
+    fn hold(&mut self, mut a: Admitted) {
+        let (mut stop, live) = (self.stop.subscribe(), self.live.clone());
+        self.tasks.push(tokio::spawn(async move {
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    msg = a.chan.recv(), if a.pending.is_none() => match msg {
+                        Ok(ToServer::Progress { bytes, drops }) => live.progress(a.id, bytes, drops),
+                        Ok(ToServer::Heartbeat) => {}
+                        other => a.pending = Some(other),
+                    },
+                    _ = beat.tick() => {
+                        if a.chan.send(&ToReceiver::Heartbeat).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            a
+        }));
+    }
+
+    /// Stops holding and gives the receivers back, one per receiver id.
+    async fn release(self) -> Vec<Admitted> {
+        let _ = self.stop.send(true);
+        let mut back = Vec::new();
+        for t in self.tasks {
+            if let Ok(a) = t.await {
+                back.push(a);
+            }
+        }
+        latest_per_receiver(back)
+    }
+}
+
+/// Runs `work` while the receivers are held alive; gives them back with the work's result.
+/// A receiver whose channel fails is returned all the same: the next read reports it lost.
 async fn with_heartbeats<T>(
     receivers: Vec<Admitted>,
     work: impl std::future::Future<Output = T>,
     live: &Arc<Live>,
 ) -> (Vec<Admitted>, T) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tasks: Vec<_> = receivers
-        .into_iter()
-        .map(|mut a| {
-            let (mut stop, live) = (stop_rx.clone(), live.clone());
-            tokio::spawn(async move {
-                let mut beat = tokio::time::interval(HEARTBEAT);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        // Anything but progress is left for the round that follows.
-                        msg = a.chan.recv(), if a.pending.is_none() => match msg {
-                            Ok(ToServer::Progress { bytes, drops }) => live.progress(a.id, bytes, drops),
-                            Ok(ToServer::Heartbeat) => {}
-                            other => a.pending = Some(other),
-                        },
-                        _ = beat.tick() => {
-                            if a.chan.send(&ToReceiver::Heartbeat).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                a
-            })
-        })
-        .collect();
-    let out = work.await;
-    let _ = stop_tx.send(true);
-    let mut back = Vec::new();
-    for t in tasks {
-        if let Ok(r) = t.await {
-            back.push(r);
-        }
+    let mut held = Holder::new(live);
+    for a in receivers {
+        held.hold(a);
     }
-    (back, out)
+    let out = work.await;
+    (held.release().await, out)
 }
 
 /// Answers a status query (when the token matches) and closes the connection.

@@ -70,6 +70,26 @@ pub struct Stats {
     pub decode_errors: u64,
     /// Messages completed.
     pub messages_complete: u64,
+    /// Packets of this session, any kind (every one carries the next sequence number).
+    pub in_session: u64,
+    /// Lowest sequence number seen in this session.
+    pub seq_low: u32,
+    /// Highest sequence number seen in this session.
+    pub seq_high: u32,
+}
+
+impl Stats {
+    /// Share of the session's packets sent while this receiver listened that never
+    /// arrived: the sequence span seen against the packets received (0 before any).
+    pub fn loss(&self) -> f64 {
+        if self.in_session == 0 {
+            return 0.0;
+        }
+        let span = u64::from(self.seq_high - self.seq_low) + 1;
+        // Replays and duplicates are not new packets.
+        let got = self.in_session.saturating_sub(self.duplicate).min(span);
+        1.0 - got as f64 / span as f64
+    }
 }
 
 struct BlockState {
@@ -207,6 +227,15 @@ impl Assembler {
             self.stats.malformed += 1;
             return None;
         };
+        if h.session == self.session {
+            let st = &mut self.stats;
+            if st.in_session == 0 {
+                (st.seq_low, st.seq_high) = (h.seq, h.seq);
+            } else {
+                (st.seq_low, st.seq_high) = (st.seq_low.min(h.seq), st.seq_high.max(h.seq));
+            }
+            st.in_session += 1;
+        }
         let is_source = match h.packet_kind() {
             Some(PacketKind::Source) => true,
             Some(PacketKind::Parity) => false,

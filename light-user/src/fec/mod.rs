@@ -351,6 +351,32 @@ mod tests {
     }
 
     #[test]
+    fn loss_is_measured_from_sequence_numbers() {
+        let params = FecParams::new(64, 16, 4, 16).unwrap();
+        let data: Vec<u8> = (0..40 * 64).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = FecEncoder::new(params).unwrap();
+        let pkts = all_packets(params, &mut enc, 3, &data);
+        assert_eq!(pkts.len(), 40 + 3 * 4);
+        let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
+        assert_eq!(asm.stats().loss(), 0.0);
+        // Every fourth packet lost, one received twice, one of another session.
+        for (i, p) in pkts.iter().enumerate().filter(|(i, _)| i % 4 != 1) {
+            asm.on_packet(p);
+            if i == 0 {
+                asm.on_packet(p);
+            }
+        }
+        let mut foreign = pkts[1].clone();
+        foreign[8..12].copy_from_slice(&77u32.to_le_bytes());
+        asm.on_packet(&foreign);
+        let st = asm.stats();
+        assert_eq!((st.seq_low, st.seq_high, st.duplicate), (0, 51, 1));
+        assert_eq!(st.foreign_session, 1);
+        // Packets 1, 5, ..., 49 lost: 13 of 52.
+        assert!((st.loss() - 13.0 / 52.0).abs() < 1e-9, "{}", st.loss());
+    }
+
+    #[test]
     fn batches_match_single_packets() {
         let params = FecParams::new(16, 3, 2, 2).unwrap();
         let data: Vec<u8> = (0..100u8).collect();
