@@ -47,6 +47,7 @@ async fn duplicate_receiver_id_is_refused_with_a_reason() {
         bind,
         mtu: 1500,
         expected_loss: 0.01,
+        adapt_loss: true,
         done_timeout: Duration::from_secs(5),
         token: None,
         authenticate_packets: true,

@@ -2,8 +2,10 @@
 //! namespace testbed and the same generated files, in one run.
 //!
 //! Scenarios: every receiver wants the same file (empty caches); distinct demands (Light with
-//! cache budgets, the peers move every requested file, one transfer after the other); and the
-//! same file with 1% loss towards one receiver. For every tool: wall time to the last receiver,
+//! cache budgets, filled ahead with `light cache fill` and not timed, as a deployment fills
+//! them off-peak; the peers move every requested file, one transfer after the other); and the
+//! same file with 1% loss towards one receiver. Light runs with `--fixed-loss`, so one
+//! repetition does not inherit the parity an earlier one's loss asked for. For every tool: wall time to the last receiver,
 //! goodput per receiver, bytes on the bridge, CPU seconds, medians over repetitions; every
 //! copy is verified by hash and a run that does not verify is reported as failed.
 
@@ -385,6 +387,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                             library: &library,
                             demands: &demands,
                             dir: &work.join("run"),
+                            fill_ahead: scenario == Scenario::Cached,
                         };
                         let loss = (scenario == Scenario::Loss).then_some(a.loss_per_mille);
                         let r = one_rep(tool, &job, &settings, loss, &hashes, file_bytes);

@@ -62,9 +62,15 @@ pub struct Args {
     /// Link MTU; sizes the packets.
     #[arg(long, default_value_t = 1500)]
     mtu: usize,
-    /// Expected packet loss (0–1); sizes the Reed–Solomon parity.
+    /// Expected packet loss (0–1); sizes the first pass's Reed–Solomon parity. Raised to
+    /// the worst loss receivers measured in the last sessions (up to 20%), unless
+    /// --fixed-loss.
     #[arg(long, default_value_t = 0.01)]
     loss: f64,
+    /// Size the parity from --loss alone, not from the loss recent sessions measured
+    /// (reproducible benchmarks).
+    #[arg(long)]
+    fixed_loss: bool,
     /// Secret every receiver must present (also from the LIGHT_TOKEN environment variable).
     #[arg(long, env = "LIGHT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -101,6 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bind: a.bind,
         mtu: a.mtu,
         expected_loss: a.loss,
+        adapt_loss: !a.fixed_loss,
         done_timeout: Duration::from_secs(60),
         token: a.token,
         authenticate_packets: !a.no_packet_auth,

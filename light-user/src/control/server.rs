@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub mtu: usize,
     /// Expected packet loss, sizes the parity.
     pub expected_loss: f64,
+    /// Raise the parity to the loss receivers measured in recent sessions.
+    pub adapt_loss: bool,
     /// Secret receivers must present; `None` admits any receiver.
     pub token: Option<String>,
     /// Sign every data packet with a per-session keyed MAC.
@@ -354,7 +356,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
     let file_lens: Vec<u64> = contents.iter().map(|c| c.size).collect();
     // The first pass's parity covers the worst loss recent sessions measured, so a lossy
     // LAN does not pay for repair rounds every time.
-    let loss = match catalog.recent_loss(RECENT_SESSIONS)? {
+    let recent = if cfg.adapt_loss {
+        catalog.recent_loss(RECENT_SESSIONS)?
+    } else {
+        None
+    };
+    let loss = match recent {
         Some(seen) if seen > cfg.expected_loss => {
             let adapted = seen.min(MAX_ADAPTED_LOSS);
             eprintln!(
