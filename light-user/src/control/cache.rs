@@ -237,7 +237,8 @@ pub async fn connect(
             Err(e) if Instant::now() >= deadline => {
                 return Err(SessionError::control(format!("connect to {server}"))(e));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            // Receivers usually start with their server: retry soon.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
