@@ -374,3 +374,30 @@ proptest! {
         prop_assert!(!partial(out.path(), "p/q.bin").exists());
     }
 }
+
+/// Pieces hashed as they stream in never vouch for bytes the file does not hold: a piece
+/// rewritten out of order sends the chunk back to be read and checked from disk.
+#[test]
+fn rewritten_pieces_are_checked_from_disk() {
+    let out = tempfile::tempdir().unwrap();
+    let bytes = data(1000, 7);
+    let mut bad = bytes.clone();
+    bad[300] ^= 1;
+    // Bad bytes hashed in order, then overwritten with the good ones: verifies.
+    let mut f = OutputFile::create(out.path(), manifest("a", 1000, &bytes)).unwrap();
+    f.write_at(0, &bytes[..250]).unwrap();
+    f.write_at(250, &bad[250..500]).unwrap();
+    f.write_at(250, &bytes[250..500]).unwrap();
+    assert_eq!(f.write_at(500, &bytes[500..]).unwrap(), 1);
+    assert_eq!(fs::read(f.finish().unwrap()).unwrap(), bytes);
+    // Good bytes hashed in order, then overwritten with bad ones: caught.
+    let out = tempfile::tempdir().unwrap();
+    let mut f = OutputFile::create(out.path(), manifest("b", 1000, &bytes)).unwrap();
+    f.write_at(0, &bytes[..250]).unwrap();
+    f.write_at(250, &bytes[250..500]).unwrap();
+    f.write_at(250, &bad[250..500]).unwrap();
+    assert!(matches!(
+        f.write_at(500, &bytes[500..]),
+        Err(CatalogError::ChunkMismatch { index: 0, .. })
+    ));
+}

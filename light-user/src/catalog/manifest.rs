@@ -267,6 +267,14 @@ impl Manifest {
         (offset < self.size).then(|| offset / u64::from(self.chunk_size))
     }
 
+    /// The BLAKE3 of chunk `index`, if it exists.
+    pub fn chunk_digest(&self, index: u64) -> Option<Digest> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.chunks.get(i))
+            .copied()
+    }
+
     /// True if `data` is exactly chunk `index` (right length and hash).
     pub fn verify_chunk(&self, index: u64, data: &[u8]) -> bool {
         let Some(range) = self.chunk_range(index) else {

@@ -14,7 +14,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{CatalogError, Manifest, Result, io_err};
+use super::{CatalogError, Digest, Manifest, Result, io_err};
 
 /// Suffix of the file being written.
 pub const PARTIAL_SUFFIX: &str = ".light-partial";
@@ -42,6 +42,9 @@ pub struct OutputFile {
     verified_count: u64,
     /// Byte coverage of chunks that have some bytes written but are not complete.
     in_progress: BTreeMap<u64, Coverage>,
+    /// Chunks written in order from their start so far: the running hash and the length
+    /// hashed, so completing such a chunk needs no read-back.
+    streaming: BTreeMap<u64, (blake3::Hasher, u64)>,
     /// Reused buffer for re-reading a chunk to verify it.
     scratch: Vec<u8>,
 }
@@ -143,19 +146,27 @@ impl OutputFile {
             }
             if seg_start == range.start && seg_end == range.end {
                 self.in_progress.remove(&index);
+                self.streaming.remove(&index);
                 if !self.manifest.verify_chunk(index, seg) {
                     return Err(self.mismatch(index));
                 }
                 self.pwrite(seg, seg_start)?;
             } else {
                 self.pwrite(seg, seg_start)?;
+                self.hash_in_order(index, seg_start - range.start, seg);
                 let cov = self.in_progress.entry(index).or_default();
                 cov.insert(seg_start - range.start, seg_end - range.start);
                 if cov.covered() < range.end - range.start {
                     continue;
                 }
                 self.in_progress.remove(&index);
-                if !self.chunk_on_disk_is_valid(index)? {
+                let valid = match self.streaming.remove(&index) {
+                    Some((h, hashed)) if hashed == range.end - range.start => {
+                        self.manifest.chunk_digest(index) == Some(Digest(*h.finalize().as_bytes()))
+                    }
+                    _ => self.chunk_on_disk_is_valid(index)?,
+                };
+                if !valid {
                     return Err(self.mismatch(index));
                 }
             }
@@ -280,6 +291,7 @@ impl OutputFile {
             verified: vec![0; bitmap_len],
             verified_count: 0,
             in_progress: BTreeMap::new(),
+            streaming: BTreeMap::new(),
             scratch: Vec::with_capacity(chunk_size.min(1 << 20)),
         })
     }
@@ -289,6 +301,7 @@ impl OutputFile {
         self.verified.fill(0);
         self.verified_count = 0;
         self.in_progress.clear();
+        self.streaming.clear();
         // Truncate first so no stale bytes survive, then pre-size.
         for len in [0, self.manifest.size()] {
             self.file
@@ -356,6 +369,25 @@ impl OutputFile {
             .chunk_of(pos)
             .and_then(|i| Some((i, self.manifest.chunk_range(i)?)))
             .ok_or_else(|| CatalogError::InvalidManifest(format!("no chunk at offset {pos}")))
+    }
+
+    /// Hashes a piece written at `rel` into chunk `index` when it continues the chunk's
+    /// in-order run from its start; any other piece ends the run (the chunk is then read
+    /// back to be checked).
+    fn hash_in_order(&mut self, index: u64, rel: u64, piece: &[u8]) {
+        if rel == 0 {
+            self.streaming.insert(index, (blake3::Hasher::new(), 0));
+        }
+        match self.streaming.get_mut(&index) {
+            Some((h, hashed)) if *hashed == rel => {
+                h.update(piece);
+                *hashed += piece.len() as u64;
+            }
+            Some(_) => {
+                self.streaming.remove(&index);
+            }
+            None => {}
+        }
     }
 
     fn chunk_on_disk_is_valid(&mut self, index: u64) -> Result<bool> {
