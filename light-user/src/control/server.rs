@@ -232,6 +232,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// Gives receiver `id` in `slot` its cache (see [`place`]), a minute allowed per
+    /// message.
+    async fn place(
+        &self,
+        chan: &mut ServerChannel,
+        id: u32,
+        slot: u32,
+        have: Option<&CacheTag>,
+    ) -> Result<u64, SessionError> {
+        chan.set_timeout(Duration::from_secs(60));
+        place(
+            chan,
+            id,
+            slot,
+            have,
+            &self.placement,
+            &self.files,
+            &self.catalog,
+        )
+        .await
+    }
+
     fn admits(&self, token: Option<&str>) -> bool {
         self.token.is_none() || same_secret(token, self.token.as_deref())
     }
@@ -283,18 +305,7 @@ async fn serve_fill(
     {
         return;
     }
-    chan.set_timeout(Duration::from_secs(60));
-    match place(
-        &mut chan,
-        receiver,
-        slot,
-        have.as_ref(),
-        &shared.placement,
-        &shared.files,
-        &shared.catalog,
-    )
-    .await
-    {
+    match shared.place(&mut chan, receiver, slot, have.as_ref()).await {
         Ok(0) => eprintln!("light: receiver {receiver}'s cache (slot {slot}) is already valid"),
         Ok(n) => {
             shared.live.cache_filled(n);
@@ -567,17 +578,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         live.receiver_state(a.id, "placing");
         let shared = shared.clone();
         tasks.spawn(async move {
-            a.chan.set_timeout(Duration::from_secs(60));
-            let r = place(
-                &mut a.chan,
-                a.id,
-                a.slot,
-                a.have.as_ref(),
-                &shared.placement,
-                &shared.files,
-                &shared.catalog,
-            )
-            .await;
+            let r = shared
+                .place(&mut a.chan, a.id, a.slot, a.have.as_ref())
+                .await;
             (a, r)
         });
     }
@@ -1078,17 +1081,9 @@ async fn rejoin(
         return None;
     }
     eprintln!("light: receiver {receiver} rejoins the session");
-    chan.set_timeout(Duration::from_secs(60));
-    match place(
-        &mut chan,
-        receiver,
-        m.slot,
-        have.as_ref(),
-        &shared.placement,
-        &shared.files,
-        &shared.catalog,
-    )
-    .await
+    match shared
+        .place(&mut chan, receiver, m.slot, have.as_ref())
+        .await
     {
         Ok(placed) => shared.live.placed(receiver, placed),
         Err(e) => {
