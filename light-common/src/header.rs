@@ -103,7 +103,7 @@ pub struct DataHeader {
     pub parity_shards: u16,
     /// Bytes of payload after the header.
     pub payload_len: u16,
-    /// Truncated keyed BLAKE3 MAC over header (with this field zeroed) and payload.
+    /// MAC over header (this field left out) and payload: AES-128 of their POLYVAL hash.
     pub mac: [u8; MAC_LEN],
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ControlError;
 
 /// Version carried as `"v"` in every control message.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most contents one receiver may ask for in a session (bounds the rounds it adds).
 pub const MAX_CONTENTS: usize = 256;
@@ -762,7 +762,7 @@ mod tests {
     #[test]
     fn progress_without_drop_counts_still_decodes() {
         // Through the wire decoder, as an older receiver would send it.
-        let mut wire = br#"{"v":1,"type":"progress","bytes":7}"#.to_vec();
+        let mut wire = br#"{"v":2,"type":"progress","bytes":7}"#.to_vec();
         let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
         assert_eq!(
             old,
