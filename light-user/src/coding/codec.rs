@@ -273,22 +273,45 @@ impl Decoder {
                 direct.insert(i as u32, r);
             }
         }
-        let mut pending = Vec::new();
-        let mut needed_by: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut rebuilds = Vec::new();
         for (i, d) in plan.derived().iter().enumerate() {
             if let Some(r) = recipe(&d.spec, i as u32 | 1 << 31)? {
-                for &s in &d.sources {
-                    if s as usize >= plan.messages().len() {
-                        return Err(CodingError::UnknownMessage(s));
-                    }
-                    needed_by.entry(s).or_default().push(pending.len());
+                if let Some(&s) = d
+                    .sources
+                    .iter()
+                    .find(|&&s| s as usize >= plan.messages().len())
+                {
+                    return Err(CodingError::UnknownMessage(s));
                 }
-                pending.push(Some(Pending {
-                    recipe: r,
-                    sources: d.sources.clone(),
-                    missing: d.sources.len(),
-                }));
+                rebuilds.push((r, &d.sources));
             }
+        }
+        let mut uses: HashMap<u32, usize> = HashMap::new();
+        for s in rebuilds.iter().flat_map(|(_, sources)| sources.iter()) {
+            *uses.entry(*s).or_default() += 1;
+        }
+        let mut pending = Vec::new();
+        let mut needed_by: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (r, sources) in rebuilds {
+            // A rebuild from one sent message is that message (all receivers wanting the
+            // same file): take it as a direct one, so it streams onto the file block by
+            // block instead of being buffered whole and XORed into a zeroed copy.
+            if let [s] = sources[..]
+                && uses[&s] == 1
+                && !direct.contains_key(&s)
+                && plan.messages()[s as usize].len as usize == r.len
+            {
+                direct.insert(s, r);
+                continue;
+            }
+            for &s in sources {
+                needed_by.entry(s).or_default().push(pending.len());
+            }
+            pending.push(Some(Pending {
+                recipe: r,
+                sources: sources.clone(),
+                missing: sources.len(),
+            }));
         }
         let mut wanted: Vec<u32> = direct.keys().chain(needed_by.keys()).copied().collect();
         wanted.sort_unstable();
@@ -611,6 +634,43 @@ mod tests {
             let want: Vec<Option<u8>> = want.iter().map(|&v| Some(v)).collect();
             assert_eq!(a, want, "receiver {r}");
             assert_eq!(b, want, "receiver {r}");
+        }
+    }
+
+    #[test]
+    fn receivers_of_the_same_file_without_caches_all_stream_it() {
+        let input = PlanInput {
+            receivers: 4,
+            file_lens: vec![100, 80],
+            budget: CacheBudget::Fraction(0.0),
+            scheme: SchemeChoice::Centralized,
+            demands: vec![0, 0, 0, 0],
+            seed: 0,
+            min_subfile_bytes: 0,
+            packet_bytes: 1,
+        };
+        let p = plan(&input).unwrap();
+        let file: Vec<u8> = (0..100).map(|i| i as u8 ^ 0x33).collect();
+        let refs: Vec<&[u8]> = vec![&file, &[0; 80]];
+        for r in 0..4 {
+            let mut d = Decoder::new(&p, r).unwrap();
+            let mut got = vec![None; 100];
+            for &m in d.wanted_messages().to_vec().iter() {
+                assert!(d.streams(m), "receiver {r} buffers message {m} whole");
+                let spec = &p.messages()[m as usize];
+                let mut msg = vec![0; spec.len as usize];
+                encode_message(spec, &refs, &mut msg).unwrap();
+                for (i, piece) in msg.chunks(9).enumerate() {
+                    for x in d.take_piece(m, i as u64 * 9, piece.to_vec(), &[]).unwrap() {
+                        for (j, v) in x.data.into_iter().enumerate() {
+                            got[x.offset as usize + j] = Some(v);
+                        }
+                    }
+                }
+                d.streamed(m).unwrap();
+            }
+            assert!(d.is_complete(), "receiver {r}");
+            assert_eq!(got, file.iter().map(|&v| Some(v)).collect::<Vec<_>>());
         }
     }
 }
