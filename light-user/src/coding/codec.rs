@@ -21,6 +21,20 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// The bytes of a message that is one uncoded file segment, straight from the library
+/// (`None` for a coded message): sending them needs no encoded copy.
+pub fn uncoded_bytes<'a>(
+    spec: &MessageSpec,
+    files: &[&'a [u8]],
+) -> Option<Result<&'a [u8], CodingError>> {
+    match &spec.terms[..] {
+        [term] if term.parts.len() == 1 && term.len() == spec.len => {
+            Some(file_bytes(files, &term.parts[0]))
+        }
+        _ => None,
+    }
+}
+
 fn file_bytes<'a>(files: &[&'a [u8]], seg: &Segment) -> Result<&'a [u8], CodingError> {
     let range = || {
         let start = usize::try_from(seg.offset).ok()?;
@@ -489,7 +503,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coding::{CacheBudget, PlanInput, SchemeChoice, plan};
+    use crate::coding::{CacheBudget, PlanInput, SchemeChoice, Segment, Term, plan};
 
     #[test]
     fn xor_matches_bytewise() {
@@ -672,5 +686,38 @@ mod tests {
             assert!(d.is_complete(), "receiver {r}");
             assert_eq!(got, file.iter().map(|&v| Some(v)).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn uncoded_messages_are_the_library_bytes() {
+        let (p, files) = small_plan();
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let single = MessageSpec {
+            len: 20,
+            terms: vec![Term {
+                parts: vec![Segment {
+                    file: 1,
+                    offset: 5,
+                    len: 20,
+                }],
+            }],
+            receivers: vec![0],
+        };
+        let mut want = vec![0; 20];
+        encode_message(&single, &refs, &mut want).unwrap();
+        assert_eq!(uncoded_bytes(&single, &refs).unwrap().unwrap(), &want[..]);
+        let mut outside = single.clone();
+        outside.terms[0].parts[0].offset = 50;
+        assert!(matches!(
+            uncoded_bytes(&outside, &refs),
+            Some(Err(CodingError::OutOfLibrary { .. }))
+        ));
+        // Coded messages (several terms) and padded terms need encoding.
+        for spec in p.messages().iter().filter(|m| m.terms.len() > 1) {
+            assert!(uncoded_bytes(spec, &refs).is_none());
+        }
+        let mut padded = single;
+        padded.len = 21;
+        assert!(uncoded_bytes(&padded, &refs).is_none());
     }
 }

@@ -465,6 +465,8 @@ impl DataJob {
         // subfile long) never stalls the ring the packets arrive on.
         let decoded = Arc::new(AtomicU64::new(0));
         let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Event>();
+        // Written block buffers go back to the assembler for later blocks.
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let writer = {
             let (cache, decoded) = (cache.clone(), decoded.clone());
             std::thread::Builder::new()
@@ -472,6 +474,7 @@ impl DataJob {
                 .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
                     let cache = cache.as_ref().as_ref();
                     for event in msg_rx {
+                        let streamed = matches!(event, Event::Piece { .. });
                         let pieces = match event {
                             Event::MessageComplete { message, bytes } => {
                                 decoder.take_message(message, bytes, cache)?
@@ -492,6 +495,10 @@ impl DataJob {
                         for r in pieces {
                             out.write_at(r.offset, &r.data)?;
                             decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                            // Whole messages are not kept: they can be a file long.
+                            if streamed {
+                                let _ = spare_tx.send(r.data);
+                            }
                         }
                     }
                     Ok((out, decoder))
@@ -549,6 +556,9 @@ impl DataJob {
                 }
             })?;
             self.drops.record(&assembler.stats(), auth_failed);
+            for buf in spare_rx.try_iter() {
+                assembler.recycle(buf);
+            }
             let now = Instant::now();
             if n > 0 {
                 if first.is_none() {

@@ -605,6 +605,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         }
     }
     let mut pool = placed.release().await;
+    tracing::info!(placed_bytes = placed_total, "caches placed");
 
     // The passes run on a thread of their own (encoder there, sender on its own thread).
     let mut tx = TxConfig::new(SocketAddr::new(cfg.group, cfg.port));
@@ -829,6 +830,7 @@ async fn deliver(
         }
     }
     let ready = listening.release().await;
+    tracing::info!(round = r, receivers = ready.len(), "receivers listening");
     totals.uncoded_bytes += uncoded_bytes(&round.plan, &slots);
 
     let passes = PassThread::spawn(
@@ -849,6 +851,12 @@ async fn deliver(
     let pass = pass?.0;
     live.pass_done(false, &pass);
     let pass_secs = pass_started.elapsed().as_secs_f64();
+    tracing::info!(
+        round = r,
+        packets = pass.packets,
+        pass_secs,
+        "first pass sent"
+    );
     totals.payload_bytes += pass.payload_bytes;
     totals.udp_bytes += pass.udp_bytes;
     totals.packets += pass.packets;

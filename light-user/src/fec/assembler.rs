@@ -123,7 +123,14 @@ pub struct Assembler {
     messages: BTreeMap<u32, MessageState>,
     decoder: Option<ReedSolomonDecoder>,
     stats: Stats,
+    /// Block buffers handed back by the consumer ([`Assembler::recycle`]), reused so a
+    /// streamed block costs no fresh pages (a new 360 KB buffer is page-faulted and zeroed
+    /// by the kernel, then unmapped again when the writer drops it).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Most block buffers kept for reuse (the writer holds the others in flight).
+const MAX_SPARE: usize = 64;
 
 impl Assembler {
     /// Expects the messages `(index, length)`; other messages are ignored and counted.
@@ -172,6 +179,7 @@ impl Assembler {
             messages: map,
             decoder: None,
             stats: Stats::default(),
+            spare: Vec::new(),
         })
     }
 
@@ -186,6 +194,14 @@ impl Assembler {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Takes back the bytes of a streamed [`Event::Piece`] once they are written, to hold
+    /// a later block.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(buf);
         }
     }
 
@@ -291,7 +307,7 @@ impl Assembler {
             let at = usize::from(shard) * s;
             let blk = if m.stream {
                 if b.data.is_empty() {
-                    b.data = vec![0; span];
+                    b.data = block_buffer(&mut self.spare, span);
                 }
                 &mut b.data[..]
             } else {
@@ -312,7 +328,7 @@ impl Assembler {
         } else {
             let decoder = &mut self.decoder;
             if m.stream && b.data.is_empty() {
-                b.data = vec![0; span];
+                b.data = block_buffer(&mut self.spare, span);
             }
             let blk = if m.stream {
                 &mut b.data[..]
@@ -371,6 +387,15 @@ impl Assembler {
             bytes,
         })
     }
+}
+
+/// A zeroed buffer of `span` bytes, from `spare` when one is there (zeroing memory already
+/// mapped costs far less than faulting in fresh pages).
+fn block_buffer(spare: &mut Vec<Vec<u8>>, span: usize) -> Vec<u8> {
+    let mut buf = spare.pop().unwrap_or_default();
+    buf.clear();
+    buf.resize(span, 0);
+    buf
 }
 
 /// Restores the missing sources of a block (its `k` source symbols in `blk`, those held

@@ -475,20 +475,26 @@ mod tests {
             let mut asm = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
             let events: Vec<Event> = pkts.iter().filter_map(|p| asm.on_packet(p)).collect();
             prop_assert!(asm.missing().is_empty());
-            // Streamed, the same packets give every block once, the last one flagged last.
+            // Streamed, the same packets give every block once, the last one flagged last, with
+            // block buffers recycled.
             let mut streamed = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
             prop_assert!(streamed.stream(0));
             let mut rebuilt = vec![None; len];
             let mut lasts = Vec::new();
-            for ev in pkts.iter().filter_map(|p| streamed.on_packet(p)) {
+            for p in &pkts {
+                let Some(ev) = streamed.on_packet(p) else { continue };
                 let Event::Piece { message: 0, offset, bytes, last } = ev else {
                     return Err(TestCaseError::fail(format!("not a piece: {ev:?}")));
                 };
-                for (i, b) in bytes.into_iter().enumerate() {
+                for (i, &b) in bytes.iter().enumerate() {
                     let slot = &mut rebuilt[offset as usize + i];
                     prop_assert!(slot.is_none(), "byte {} twice", offset as usize + i);
                     *slot = Some(b);
                 }
+                // Written buffers come back dirty: nothing of them may reach a later block.
+                let mut spent = bytes;
+                spent.fill(0xee);
+                streamed.recycle(spent);
                 lasts.push(last);
             }
             prop_assert_eq!(rebuilt.into_iter().collect::<Option<Vec<u8>>>(), Some(data.clone()));
