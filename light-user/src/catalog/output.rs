@@ -410,7 +410,24 @@ impl OutputFile {
     fn set_verified(&mut self, index: u64) -> Result<()> {
         self.update_bit(index, true)?;
         self.verified_count += 1;
+        self.start_writeback(index);
         Ok(())
+    }
+
+    /// Starts writing a verified chunk to disk now, so the final fsync waits only for the
+    /// last chunks (measured: 4 receivers' 256 MiB fsyncs took 0.3-0.5 s when all of it was
+    /// still dirty). A hint: a file system that does not support it syncs it all at the end.
+    fn start_writeback(&self, index: u64) {
+        use std::os::fd::AsRawFd;
+        if let Some(r) = self.manifest.chunk_range(index)
+            && let (Ok(at), Ok(len)) = (i64::try_from(r.start), i64::try_from(r.end - r.start))
+        {
+            // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
+            // sync_file_range reads no memory of ours.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
     }
 
     fn clear_verified(&mut self, index: u64) -> Result<()> {
