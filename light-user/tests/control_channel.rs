@@ -81,6 +81,7 @@ async fn whole_session_round_trips_every_message() {
                 .send(&ToReceiver::Accepted {
                     session: 9,
                     contents: Vec::new(),
+                    data: None,
                 })
                 .await
                 .unwrap();
@@ -109,7 +110,8 @@ async fn whole_session_round_trips_every_message() {
         client.recv().await.unwrap(),
         ToReceiver::Accepted {
             session: 9,
-            contents: Vec::new()
+            contents: Vec::new(),
+            data: None,
         }
     );
     let ToReceiver::CacheBegin {
@@ -342,6 +344,7 @@ where
     ch.send(&ToReceiver::Accepted {
         session: 1,
         contents: Vec::new(),
+        data: None,
     })
     .await?;
     let pieces: Vec<&[u8]> = blob.chunks(77_777).collect();
@@ -360,7 +363,8 @@ async fn fetch_cache(
         ch.recv().await?,
         ToReceiver::Accepted {
             session: 1,
-            contents: Vec::new()
+            contents: Vec::new(),
+            data: None,
         }
     );
     let ToReceiver::CacheBegin { len, blake3, .. } = ch.recv().await? else {
@@ -452,6 +456,7 @@ async fn resume_offset_past_the_end_is_refused() {
             .send(&ToReceiver::Accepted {
                 session: 1,
                 contents: Vec::new(),
+                data: None,
             })
             .await
             .unwrap();

@@ -320,6 +320,7 @@ mod tests {
             ToReceiver::Accepted {
                 session: 42,
                 contents: Vec::new(),
+                data: Some(("ff05::4c".into(), 7701)),
             },
             ToReceiver::CacheBegin {
                 len: 1 << 33,

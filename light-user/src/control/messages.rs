@@ -145,6 +145,10 @@ pub enum ToReceiver {
         /// (directories expanded; on a rejoin, only those not yet delivered).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         contents: Vec<String>,
+        /// Multicast group and UDP port of the data plane, told ahead of the announcements
+        /// so the receiver can open its receive path while its cache and the others come.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<(String, u16)>,
     },
     /// A cache blob follows as data chunks once the receiver answers with `CacheResume`.
     CacheBegin {
@@ -554,6 +558,7 @@ mod tests {
             ToReceiver::Accepted {
                 session: 1,
                 contents: Vec::new(),
+                data: Some(("239.1.2.3".into(), 7701)),
             },
             &mut s,
             &mut c,
@@ -621,6 +626,7 @@ mod tests {
             ToReceiver::Accepted {
                 session: 1,
                 contents: Vec::new(),
+                data: None,
             },
             ToReceiver::CacheKept { tag: tag() },
         ] {
@@ -658,6 +664,7 @@ mod tests {
         c.received(&ToReceiver::Accepted {
             session: 1,
             contents: vec!["a".into(), "b".into()],
+            data: None,
         })
         .unwrap();
         for _ in 0..2 {
@@ -742,7 +749,8 @@ mod tests {
         assert!(
             s.sent(&ToReceiver::Accepted {
                 session: 1,
-                contents: Vec::new()
+                contents: Vec::new(),
+                data: None,
             })
             .is_err()
         );

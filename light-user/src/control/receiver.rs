@@ -136,15 +136,23 @@ pub async fn receive(
     // A server that is waiting for receivers answers as soon as it admits this one, but
     // sends the cache only once every expected receiver is in: wait as long as it does.
     chan.set_timeout(Duration::from_secs(3600));
-    let contents = match chan
+    let (contents, data_plane) = match chan
         .recv()
         .await
         .map_err(SessionError::control("wait for the session"))?
     {
-        ToReceiver::Accepted { contents, .. } => contents,
+        ToReceiver::Accepted { contents, data, .. } => (contents, data),
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
+    let data = DataThread::spawn()?;
+    // Attaching XDP takes 0.1-0.3 s: done while the cache and the other receivers come.
+    if let Some((group, port)) = data_plane
+        && let Ok(group) = group.parse()
+        && let Ok(rx) = rx_config(&cfg, group, port)
+    {
+        data.open(rx);
+    }
     let cache_path = store.data_path();
     let (cache_len, cache_downloaded) = store.obtain(&mut chan, have.as_ref()).await?;
     // Older servers name no contents: the one asked for.
@@ -158,8 +166,16 @@ pub async fn receive(
     // One announcement per content (a server that names none delivers one).
     for _ in 0..contents.len().max(1) {
         let announce = next_announcement(&mut chan).await?;
-        let mut summary =
-            receive_content(&cfg, &mut chan, announce, &cache, stop.clone(), &progress).await?;
+        let mut summary = receive_content(
+            &cfg,
+            &mut chan,
+            announce,
+            &cache,
+            &data,
+            stop.clone(),
+            &progress,
+        )
+        .await?;
         summary.seconds = started.elapsed().as_secs_f64();
         summary.cache_bytes = cache_downloaded;
         summary.receiver = cfg.receiver;
@@ -200,6 +216,7 @@ async fn receive_content(
     chan: &mut ReceiverChannel,
     announce: ToReceiver,
     (cache_path, cache_len): &(PathBuf, u64),
+    data: &DataThread,
     stop: Arc<AtomicBool>,
     progress: &ProgressFn,
 ) -> Result<ReceiveSummary, SessionError> {
@@ -239,28 +256,11 @@ async fn receive_content(
             )));
         }
     };
-    let iface = cfg
-        .iface
-        .clone()
-        .or_else(|| crate::transport::iface::towards(cfg.server.ip()))
-        .ok_or_else(|| {
-            SessionError::Protocol(
-                "cannot tell which interface faces the server; pass --iface".into(),
-            )
-        })?;
-    let rx = RxConfig {
-        iface,
-        group,
-        port,
-        path: cfg.path,
-        max_datagram: 9216,
-    };
-
-    // The data path runs on its own thread (the AF_XDP socket stays on the thread that made it).
+    let rx = rx_config(cfg, group, port)?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (nack_tx, mut nack_rx) = tokio::sync::mpsc::unbounded_channel();
-    let abort = Arc::new(AtomicBool::new(false));
+    let abort = data.fresh_abort();
     // What the control loop reports to the server every PROGRESS interval.
     let (done_bytes, drops) = (
         Arc::new(AtomicU64::new(0)),
@@ -289,16 +289,7 @@ async fn receive_content(
         progress,
         drops: drops.clone(),
     };
-    std::thread::Builder::new()
-        .name("light-rx".into())
-        .spawn(move || {
-            let _ = done_tx.send(job.run(ready_tx));
-        })
-        .map_err(|source| SessionError::Io {
-            op: "spawn receive thread",
-            path: "light-rx".into(),
-            source,
-        })?;
+    data.run(job, ready_tx, done_tx)?;
     if let Ok(Ok(path_desc)) = ready_rx.await {
         chan.send(&ToServer::Ready)
             .await
@@ -389,6 +380,134 @@ async fn receive_content(
     result
 }
 
+/// Where and how to receive from `group:port`, on the interface facing the server.
+fn rx_config(cfg: &ReceiveConfig, group: IpAddr, port: u16) -> Result<RxConfig, SessionError> {
+    let iface = cfg
+        .iface
+        .clone()
+        .or_else(|| crate::transport::iface::towards(cfg.server.ip()))
+        .ok_or_else(|| {
+            SessionError::Protocol(
+                "cannot tell which interface faces the server; pass --iface".into(),
+            )
+        })?;
+    Ok(RxConfig {
+        iface,
+        group,
+        port,
+        path: cfg.path,
+        max_datagram: 9216,
+    })
+}
+
+/// Tells the receive thread a content is ready to be listened for (the path it uses).
+type ReadyTx = tokio::sync::oneshot::Sender<Result<String, ()>>;
+/// Carries a content's outcome back from the receive thread.
+type DoneTx = tokio::sync::oneshot::Sender<Result<ReceiveSummary, SessionError>>;
+
+/// What the receive thread is asked to do.
+enum Work {
+    /// Open the receive path before the first announcement.
+    Open(RxConfig),
+    /// Receive one content.
+    Job(Box<DataJob>, ReadyTx, DoneTx),
+}
+
+/// The receive path and the configuration it was opened for.
+struct OpenPath {
+    cfg: RxConfig,
+    rx: Receiver,
+}
+
+impl OpenPath {
+    fn open(cfg: RxConfig) -> Result<Self, SessionError> {
+        let (rx, fallback) = Receiver::open(&cfg)?;
+        if let Some(why) = fallback {
+            eprintln!("light: XDP unavailable ({why}); using the socket receive path");
+        }
+        Ok(Self { cfg, rx })
+    }
+}
+
+/// The thread the data path lives on (an AF_XDP socket stays on the thread that made it):
+/// it opens the receive path once, as early as the group is known, and keeps it for every
+/// content of the session. Dropping it stops a running reception and detaches XDP.
+struct DataThread {
+    work: Option<std::sync::mpsc::Sender<Work>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The running content's abort flag.
+    abort: std::sync::Mutex<Arc<AtomicBool>>,
+}
+
+impl DataThread {
+    fn spawn() -> Result<Self, SessionError> {
+        let (work, jobs) = std::sync::mpsc::channel::<Work>();
+        let thread = std::thread::Builder::new()
+            .name("light-rx".into())
+            .spawn(move || {
+                let mut open: Option<OpenPath> = None;
+                for w in jobs {
+                    match w {
+                        // A failure here is reported by the content that needs the path.
+                        Work::Open(cfg) => open = OpenPath::open(cfg).ok(),
+                        Work::Job(job, ready, done) => {
+                            let _ = done.send(job.run(&mut open, ready));
+                        }
+                    }
+                }
+            })
+            .map_err(|source| SessionError::Io {
+                op: "spawn receive thread",
+                path: "light-rx".into(),
+                source,
+            })?;
+        Ok(Self {
+            work: Some(work),
+            thread: Some(thread),
+            abort: std::sync::Mutex::new(Arc::new(AtomicBool::new(false))),
+        })
+    }
+
+    fn send(&self, w: Work) -> Result<(), SessionError> {
+        self.work
+            .as_ref()
+            .and_then(|t| t.send(w).ok())
+            .ok_or_else(|| SessionError::Protocol("receive thread died".into()))
+    }
+
+    /// Opens the receive path ahead of the announcement.
+    fn open(&self, cfg: RxConfig) {
+        let _ = self.send(Work::Open(cfg));
+    }
+
+    /// A new content's abort flag (set when the server ends its round, or on drop).
+    fn fresh_abort(&self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut a) = self.abort.lock() {
+            *a = flag.clone();
+        }
+        flag
+    }
+
+    /// Receives one content on the thread.
+    fn run(&self, job: DataJob, ready: ReadyTx, done: DoneTx) -> Result<(), SessionError> {
+        self.send(Work::Job(Box::new(job), ready, done))
+    }
+}
+
+impl Drop for DataThread {
+    fn drop(&mut self) {
+        if let Ok(a) = self.abort.lock() {
+            a.store(true, Ordering::Relaxed);
+        }
+        self.work = None;
+        // Bounded: a reception checks its abort flag every 100 ms.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The data thread's inputs.
 struct DataJob {
     announced: PlanAnnouncement,
@@ -421,7 +540,8 @@ const NACK_IDLE: Duration = Duration::from_secs(2);
 impl DataJob {
     fn run(
         self,
-        ready: tokio::sync::oneshot::Sender<Result<String, ()>>,
+        open: &mut Option<OpenPath>,
+        ready: ReadyTx,
     ) -> Result<ReceiveSummary, SessionError> {
         let plan = plan(&self.announced.input)?;
         let slot = self.announced.slot;
@@ -510,16 +630,21 @@ impl DataJob {
                 })?
         };
 
-        let (mut rx, fallback) = match Receiver::open(&self.rx) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = ready.send(Err(()));
-                return Err(e.into());
+        // The path opened ahead (or for the last content) serves if it listens to the same
+        // group and port.
+        if open.as_ref().is_none_or(|o| o.cfg != self.rx) {
+            *open = None;
+            match OpenPath::open(self.rx.clone()) {
+                Ok(o) => *open = Some(o),
+                Err(e) => {
+                    let _ = ready.send(Err(()));
+                    return Err(e);
+                }
             }
-        };
-        if let Some(why) = fallback {
-            eprintln!("light: XDP unavailable ({why}); using the socket receive path");
         }
+        let Some(OpenPath { rx, .. }) = open.as_mut() else {
+            return Err(SessionError::Protocol("receive path not open".into()));
+        };
         let rx_path = rx.describe();
         let _ = ready.send(Ok(rx_path.clone()));
 

@@ -229,9 +229,16 @@ struct Shared {
     known: BTreeMap<u32, ContentInfo>,
     /// What the session is doing, for status and metrics.
     live: Arc<Live>,
+    /// Multicast group and port of the data plane (told to receivers when admitted).
+    data: (IpAddr, u16),
 }
 
 impl Shared {
+    /// The data plane's group and port as the control channel carries them.
+    fn data_plane(&self) -> (String, u16) {
+        (self.data.0.to_string(), self.data.1)
+    }
+
     /// Gives receiver `id` in `slot` its cache (see [`place`]), a minute allowed per
     /// message.
     async fn place(
@@ -299,6 +306,7 @@ async fn serve_fill(
         .send(&ToReceiver::Accepted {
             session: shared.session,
             contents: Vec::new(),
+            data: None,
         })
         .await
         .is_err()
@@ -429,6 +437,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         in_session: Mutex::new(Vec::new()),
         live: live.clone(),
         known: contents.iter().map(|c| (c.id, c.clone())).collect(),
+        data: (cfg.group, cfg.port),
     });
 
     let (admitted, mut outcomes) = gather(&cfg, &listener, &shared).await?;
@@ -1084,6 +1093,7 @@ async fn rejoin(
     let accepted = ToReceiver::Accepted {
         session: shared.session,
         contents: m.contents[r..].iter().map(|c| c.path.clone()).collect(),
+        data: Some(shared.data_plane()),
     };
     if chan.send(&accepted).await.is_err() {
         return None;
@@ -1215,7 +1225,7 @@ async fn gather(
                 match r {
                     Ok((infos, slot)) => {
                         let paths: Vec<String> = infos.iter().map(|c| c.path.clone()).collect();
-                        if let Err(e) = chan.send(&ToReceiver::Accepted { session: shared.session, contents: paths.clone() }).await {
+                        if let Err(e) = chan.send(&ToReceiver::Accepted { session: shared.session, contents: paths.clone(), data: Some(shared.data_plane()) }).await {
                             // Gone between its hello and the answer: the session goes on.
                             eprintln!("light: receiver {id} left before it was admitted: {e}");
                             if let Ok(mut s) = shared.in_session.lock() {

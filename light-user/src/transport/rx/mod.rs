@@ -97,7 +97,7 @@ pub enum RxPath {
 }
 
 /// Where and how to receive.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RxConfig {
     /// Interface facing the sender.
     pub iface: String,
