@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use light::transport::rx::{AttachMode, Receiver, RxConfig, RxPath, frame::build_udp_frame};
+use light::transport::rx::{
+    AttachMode, Receiver, RxConfig, RxPath, frame::build_udp_frame, xdp::copy_only_driver,
+};
 use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
 use xtask::netns::{Testbed, enter, in_ns, require_root};
 
@@ -405,4 +407,20 @@ fn missing_interface_is_a_clear_error() {
         err.contains("no-such-if0") && err.contains("not found"),
         "{err}"
     );
+}
+
+#[test]
+fn veth_is_known_to_have_no_zero_copy() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let host = bed.receivers[0].clone();
+    let (veth, lo) = thread::spawn(move || {
+        enter(&host.ns).unwrap();
+        (copy_only_driver(&host.iface), copy_only_driver("lo"))
+    })
+    .join()
+    .unwrap();
+    // veth: the doomed zero-copy bind is skipped; lo has no driver info: tried as unknown.
+    assert!(veth, "veth must be recognised as copy-only");
+    assert!(!lo);
 }
