@@ -145,6 +145,7 @@ pub async fn receive(
         ToReceiver::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(SessionError::Protocol(format!("unexpected {other:?}"))),
     };
+    tracing::info!("admitted");
     let data = DataThread::spawn()?;
     // Attaching XDP takes 0.1-0.3 s: done while the cache and the other receivers come.
     if let Some((group, port)) = data_plane
@@ -185,6 +186,7 @@ pub async fn receive(
     // The report is a courtesy; do not fail verified files for it.
     chan.set_timeout(Duration::from_secs(5));
     while let Ok(ToReceiver::Heartbeat) = chan.recv().await {}
+    tracing::info!("report received");
     Ok(summaries)
 }
 

@@ -332,6 +332,7 @@ pub fn symbol_size(mtu: usize, group: IpAddr) -> usize {
 
 /// Runs one session to the end and returns its report.
 pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
+    tracing::info!("checking the library");
     let library = cfg.library.clone();
     let (catalog, contents) = tokio::task::spawn_blocking(move || {
         pack(&library)?;
@@ -440,7 +441,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         data: (cfg.group, cfg.port),
     });
 
+    tracing::info!("waiting for receivers");
     let (admitted, mut outcomes) = gather(&cfg, &listener, &shared).await?;
+    tracing::info!(receivers = admitted.len(), "receivers admitted");
     // Late arrivals are told why they cannot join rather than left hanging, unless they
     // are receivers of this session coming back (they rejoin); cache fills and status
     // queries are served all the same.
@@ -723,6 +726,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         let summary = serde_json::to_value(&report).unwrap_or_default();
         let _ = a.chan.send(&ToReceiver::Report { summary }).await;
     }
+    tracing::info!("report sent");
     live.session_ended(report.all_verified());
     let outcome = if report.all_verified() {
         SessionOutcome::Completed
