@@ -389,11 +389,11 @@ impl Assembler {
     }
 }
 
-/// A zeroed buffer of `span` bytes, from `spare` when one is there (zeroing memory already
-/// mapped costs far less than faulting in fresh pages).
+/// A buffer of `span` bytes for a block, from `spare` when one is there. A reused buffer
+/// keeps its old bytes: a block is handed out only once every source symbol in it was
+/// received or restored, which overwrites all `span` bytes.
 fn block_buffer(spare: &mut Vec<Vec<u8>>, span: usize) -> Vec<u8> {
     let mut buf = spare.pop().unwrap_or_default();
-    buf.clear();
     buf.resize(span, 0);
     buf
 }
