@@ -451,7 +451,13 @@ impl DataThread {
                 for w in jobs {
                     match w {
                         // A failure here is reported by the content that needs the path.
-                        Work::Open(cfg) => open = OpenPath::open(cfg).ok(),
+                        Work::Open(cfg) => {
+                            open = OpenPath::open(cfg)
+                                .inspect_err(|e| {
+                                    tracing::warn!(error = %e, "opening the receive path ahead failed; trying again at the announcement");
+                                })
+                                .ok();
+                        }
                         Work::Job(job, ready, done) => {
                             let _ = done.send(job.run(&mut open, ready));
                         }
@@ -503,9 +509,16 @@ impl Drop for DataThread {
             a.store(true, Ordering::Relaxed);
         }
         self.work = None;
-        // Bounded: a reception checks its abort flag every 100 ms.
+        // Waits (at most a second: a reception checks its abort flag every 100 ms, but its
+        // writer finishes what it was given) so XDP is detached before the receiver returns.
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -664,7 +677,8 @@ impl DataJob {
             };
         let mut auth_failed = 0u64;
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
-            let n = rx.recv_batch(Duration::from_millis(100), &mut |p| {
+            let before = assembler.stats().in_session;
+            rx.recv_batch(Duration::from_millis(100), &mut |p| {
                 if let Some(k) = &key
                     && !k.verify(p)
                 {
@@ -687,7 +701,9 @@ impl DataJob {
                 assembler.recycle(buf);
             }
             let now = Instant::now();
-            if n > 0 {
+            // Only this round's packets count: a path kept open since an earlier content
+            // (or opened early) may still hold packets of other rounds.
+            if assembler.stats().in_session > before {
                 if first.is_none() {
                     tracing::info!("first data packet");
                 }
@@ -731,6 +747,8 @@ impl DataJob {
             packets = assembler.stats().packets,
             "reception ended"
         );
+        // Buffers the writer still returns are freed, not kept for a loop that has ended.
+        drop(spare_rx);
         drop(msg_tx);
         let (out, decoder) = writer
             .join()

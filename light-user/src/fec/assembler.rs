@@ -200,7 +200,10 @@ impl Assembler {
     /// Takes back the bytes of a streamed [`Event::Piece`] once they are written, to hold
     /// a later block.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < MAX_SPARE {
+        // Smaller buffers (pieces split across file ranges) would be grown, costing what
+        // reuse saves.
+        let block = usize::from(self.params.source_per_block) * self.params.symbol_size;
+        if self.spare.len() < MAX_SPARE && buf.capacity() >= block {
             self.spare.push(buf);
         }
     }
