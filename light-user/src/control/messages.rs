@@ -97,6 +97,10 @@ pub enum ToServer {
     Nack {
         /// `[message, block, shards needed]` per incomplete block.
         blocks: Vec<[u32; 3]>,
+        /// Packet loss the receiver measured so far (0-1; absent from older receivers):
+        /// far above the link's, it says the receiver could not keep up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss: Option<f64>,
     },
     /// Delivery progress.
     Progress {
@@ -236,7 +240,7 @@ impl Message for ToServer {
 
     fn validate(&self) -> Result<(), String> {
         match self {
-            Self::Nack { blocks } if blocks.len() > MAX_NACK_BLOCKS => Err(format!(
+            Self::Nack { blocks, .. } if blocks.len() > MAX_NACK_BLOCKS => Err(format!(
                 "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
                 blocks.len()
             )),

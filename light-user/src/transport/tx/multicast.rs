@@ -261,11 +261,17 @@ impl<'a> Multicaster<'a> {
     /// More parity for the blocks receivers reported short (`(message, block) → needed`,
     /// merged across receivers); blocks out of parity get their sources again. Returns the
     /// pass and how many blocks ran out of parity.
+    /// `rate` (bytes/s) caps this pass below the configured rate.
     pub fn repair(
         &mut self,
         requests: &BTreeMap<(u32, u32), u16>,
+        rate: Option<u64>,
         progress: &Progress,
     ) -> Result<(PassStats, usize), TxError> {
+        let configured = self.tx.rate;
+        if let Some(r) = rate {
+            self.tx.rate = Some(configured.map_or(r, |c| c.min(r)));
+        }
         let mut exhausted = 0;
         let stats = self.pass(progress, |me, tally| {
             let params = me.enc.params();
@@ -300,7 +306,8 @@ impl<'a> Multicaster<'a> {
                 }
             }
             Ok(())
-        })?;
-        Ok((stats, exhausted))
+        });
+        self.tx.rate = configured;
+        Ok((stats?, exhausted))
     }
 }
