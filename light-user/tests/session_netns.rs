@@ -797,6 +797,46 @@ fn caches_filled_ahead_survive_a_server_restart_and_corruption_is_refilled() {
         .map(|r| r["receiver"].as_u64().unwrap())
         .collect();
     assert_eq!(refilled, vec![3]);
+
+    // Damage that leaves the file's times alone (bit rot): receiver 2's cache is trusted
+    // by its record, decodes a chunk that fails its hash, and is distrusted; the next
+    // start hashes it, finds the damage and has it refilled.
+    let cache = dir.path().join("cache-1").join("receiver-2.cache");
+    let mut bytes = fs::read(&cache).unwrap();
+    bytes[777] ^= 0x11;
+    fs::write(&cache, bytes).unwrap();
+    let record = cache.with_extension("cache.json");
+    let mut rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+    rec["stamp"] = {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(&cache).unwrap();
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        serde_json::json!({
+            "len": m.len(), "dev": m.dev(), "ino": m.ino(),
+            "mtime_ns": ns(m.mtime(), m.mtime_nsec()),
+            "ctime_ns": ns(m.ctime(), m.ctime_nsec()),
+        })
+    };
+    fs::write(&record, rec.to_string()).unwrap();
+    let run = run_session(&bed, &s).unwrap();
+    assert!(!run.receivers[1].identical, "a damaged cache cannot decode");
+    assert!(
+        run.receivers[1].output.contains("chunk"),
+        "{}",
+        run.receivers[1].output
+    );
+    for i in [0, 2, 3] {
+        assert!(run.receivers[i].identical, "receiver {}", i + 1);
+    }
+    let run = run_session(&bed, &s).unwrap();
+    assert_all_identical(&run);
+    let rep = report(&run);
+    assert_eq!(
+        rep["placed_bytes"].as_u64().unwrap(),
+        F,
+        "the distrusted cache refilled"
+    );
 }
 
 /// A server killed mid-session leaves a sound catalog; its next start records the

@@ -1,6 +1,13 @@
 //! The receiver's persistent cache: the bytes its placement slot caches, kept in its cache
 //! directory across runs with a record of what they are, checked by hash before use,
 //! filled ahead of a session by `light cache fill` or during one.
+//!
+//! Hashing a cache of gigabytes at every start costs seconds, so the record also keeps the
+//! file's identity and times as they were when it last hashed right: while they are
+//! unchanged (any write changes the ctime) the cache is trusted without a new hash. Every
+//! file decoded with it is verified chunk by chunk anyway, and a chunk that fails clears
+//! that trust ([`CacheStore::distrust`]), so damage that left the times alone is caught on
+//! the next start.
 
 use std::{
     net::SocketAddr,
@@ -21,6 +28,34 @@ struct Record {
     tag: CacheTag,
     len: u64,
     blake3: String,
+    /// The file as it was when it last hashed right (absent: hash it before use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stamp: Option<Stamp>,
+}
+
+/// A file's identity, length and times: any write to it changes the ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    len: u64,
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Self {
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// One receiver's cache files in a cache directory.
@@ -56,10 +91,23 @@ impl CacheStore {
         let Ok(text) = std::fs::read_to_string(self.record_path()) else {
             return (None, None);
         };
+        let data = self.data_path();
         let why = match serde_json::from_str::<Record>(&text) {
             Err(e) => format!("its record is unreadable ({e})"),
-            Ok(rec) => match hash_file(&self.data_path(), rec.len) {
-                Ok(h) if h == rec.blake3 => return (Some((rec.tag, rec.len)), None),
+            Ok(rec) if rec.stamp.is_some() && rec.stamp == Stamp::of(&data) => {
+                return (Some((rec.tag, rec.len)), None);
+            }
+            Ok(rec) => match hash_file(&data, rec.len) {
+                Ok(h) if h == rec.blake3 => {
+                    // Trusted until the file changes; a record that cannot be written
+                    // only means hashing again next time.
+                    let stamp = Stamp::of(&data);
+                    let _ = self.record(&Record {
+                        stamp,
+                        ..rec.clone()
+                    });
+                    return (Some((rec.tag, rec.len)), None);
+                }
                 Ok(_) => "its bytes no longer match their hash".to_owned(),
                 Err(e) => e,
             },
@@ -75,6 +123,19 @@ impl CacheStore {
         tokio::task::spawn_blocking(move || store.valid())
             .await
             .map_err(|e| SessionError::Protocol(format!("cache check task: {e}")))
+    }
+
+    /// Makes the next start hash the cache in full (a file decoded with it failed a chunk).
+    pub fn distrust(&self) {
+        let Some(rec) = std::fs::read_to_string(self.record_path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Record>(&t).ok())
+        else {
+            return;
+        };
+        if self.record(&Record { stamp: None, ..rec }).is_err() {
+            self.forget();
+        }
     }
 
     /// Drops the record: the bytes on disk are no longer known to be a complete cache.
@@ -166,10 +227,13 @@ impl CacheStore {
             return Err(SessionError::control("receive the cache")(e));
         }
         file.sync_all().await.map_err(io("sync"))?;
+        drop(file);
+        // The transfer checked the BLAKE3 of the whole: trusted as it is now.
         self.record(&Record {
             tag: tag.clone(),
             len,
             blake3: blake3.to_owned(),
+            stamp: Stamp::of(&path),
         })?;
         chan.send(&ToServer::CacheStored)
             .await
@@ -304,4 +368,63 @@ pub async fn fill(cfg: FillConfig) -> Result<FillSummary, SessionError> {
         discarded,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag() -> CacheTag {
+        CacheTag {
+            library: "lib".into(),
+            placement: "p".into(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_cache_is_trusted_and_a_changed_or_distrusted_one_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CacheStore::new(dir.path(), 3);
+        let bytes = vec![7u8; 4096];
+        std::fs::write(store.data_path(), &bytes).unwrap();
+        let good = blake3::hash(&bytes).to_hex().to_string();
+        // Recorded without a stamp (an older record): hashed, found right, stamped.
+        let rec = Record {
+            tag: tag(),
+            len: 4096,
+            blake3: good.clone(),
+            stamp: None,
+        };
+        store.record(&rec).unwrap();
+        assert_eq!(store.valid(), (Some((tag(), 4096)), None));
+        // A stamped record is believed without hashing: a wrong hash goes unnoticed...
+        let stamp = Stamp::of(&store.data_path());
+        assert!(stamp.is_some());
+        store
+            .record(&Record {
+                blake3: "00".repeat(32),
+                stamp,
+                ..rec.clone()
+            })
+            .unwrap();
+        assert_eq!(store.valid(), (Some((tag(), 4096)), None));
+        // ...until the record is distrusted: then the hash decides (and the cache goes).
+        store.distrust();
+        let (held, why) = store.valid();
+        assert!(held.is_none());
+        assert!(why.unwrap().contains("no longer match"));
+        assert!(!store.data_path().exists());
+
+        // A write to a trusted cache changes its ctime: hashed again, damage found.
+        std::fs::write(store.data_path(), &bytes).unwrap();
+        store.record(&Record { stamp: None, ..rec }).unwrap();
+        assert_eq!(store.valid(), (Some((tag(), 4096)), None));
+        let mut damaged = bytes.clone();
+        damaged[100] ^= 1;
+        // Past the file system's timestamp granularity (a clock tick where times are coarse).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(store.data_path(), &damaged).unwrap();
+        let (held, why) = store.valid();
+        assert!(held.is_none() && why.unwrap().contains("no longer match"));
+    }
 }

@@ -22,7 +22,7 @@ use super::{
     session::{MappedFile, PlanAnnouncement, SessionError, field},
 };
 use crate::{
-    catalog::{Manifest, OutputFile, verify_manifest},
+    catalog::{CatalogError, Manifest, OutputFile, verify_manifest},
     coding::{Decoder, plan},
     fec::{Assembler, Event, FecParams},
     transport::{
@@ -176,7 +176,14 @@ pub async fn receive(
             stop.clone(),
             &progress,
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            // A damaged cache that kept its file times decodes wrong chunks: hash it in full
+            // before it is used again.
+            if matches!(e, SessionError::Catalog(CatalogError::ChunkMismatch { .. })) {
+                store.distrust();
+            }
+        })?;
         summary.seconds = started.elapsed().as_secs_f64();
         summary.cache_bytes = cache_downloaded;
         summary.receiver = cfg.receiver;
