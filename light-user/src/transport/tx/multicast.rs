@@ -48,6 +48,19 @@ enum Bytes<'a> {
     Scratch(usize),
 }
 
+impl<'a> Bytes<'a> {
+    /// The bytes themselves, `scratch` being the multicaster's scratch buffer.
+    fn of<'s>(self, scratch: &'s [u8]) -> &'s [u8]
+    where
+        'a: 's,
+    {
+        match self {
+            Bytes::Library(b) => b,
+            Bytes::Scratch(len) => &scratch[..len],
+        }
+    }
+}
+
 /// Sends a session's passes; remembers sequence numbers and the parity each block got.
 pub struct Multicaster<'a> {
     plan: &'a Plan,
@@ -208,10 +221,7 @@ impl<'a> Multicaster<'a> {
         parity: Option<(u16, u16)>,
     ) -> Result<(), TxError> {
         let need = HEADER_LEN + self.enc.params().symbol_size;
-        let message = match bytes {
-            Bytes::Library(b) => b,
-            Bytes::Scratch(len) => &self.message[..len],
-        };
+        let message = bytes.of(&self.message);
         let (session, seq) = (self.session, self.seq);
         let mut pk = match parity {
             Some((first, count)) => Packetizer::repair(
@@ -240,10 +250,7 @@ impl<'a> Multicaster<'a> {
         self.pass(progress, |me, tally| {
             let need = HEADER_LEN + me.enc.params().symbol_size;
             for idx in 0..me.plan.messages().len() as u32 {
-                let message = match me.encode(idx)? {
-                    Bytes::Library(b) => b,
-                    Bytes::Scratch(len) => &me.message[..len],
-                };
+                let message = me.encode(idx)?.of(&me.message);
                 tally.payload += message.len() as u64;
                 let (session, seq) = (me.session, me.seq);
                 let mut pk = Packetizer::first_pass(&mut me.enc, session, idx, message, seq)
