@@ -104,9 +104,16 @@ pub struct CompareArgs {
     /// `udp-sender --max-bitrate` (e.g. 2000m); none caps nothing.
     #[arg(long, default_value = "none")]
     pub udpcast_bitrate: String,
-    /// `uftp -R` rate in Kbit/s (-1: as fast as the interface).
-    #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true)]
-    pub uftp_rate_kbps: i64,
+    /// `uftp -R` rates in Kbit/s to try (-1: as fast as the interface). UFTP runs once per
+    /// rate and the targets compare Light with the fastest: at MTU 1500 UFTP is CPU-bound and
+    /// the rate barely matters, at MTU 9000 the uncapped rate is twice as fast as 1 Gbit/s.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [1_000_000i64, -1],
+        allow_negative_numbers = true
+    )]
+    pub uftp_rate_kbps: Vec<i64>,
     /// Extra `udp-sender` arguments, space-separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub udpcast_args: String,
@@ -259,7 +266,7 @@ struct Results<'a> {
     reps: usize,
     loss_per_mille: u32,
     udpcast_bitrate: &'a str,
-    uftp_rate_kbps: i64,
+    uftp_rate_kbps: &'a [i64],
     light_args: &'a str,
     keep_udp_gso: bool,
     rows: &'a [Row],
@@ -278,6 +285,10 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     ensure!(
         !a.tools.is_empty() && !a.ks.is_empty() && a.reps >= 1,
         "need tools, K values and repetitions"
+    );
+    ensure!(
+        !a.uftp_rate_kbps.is_empty() && a.uftp_rate_kbps.iter().all(|&r| r == -1 || r > 0),
+        "UFTP rates are positive Kbit/s or -1"
     );
     ensure!(a.ks.iter().all(|&k| (1..=200).contains(&k)), "K in 1..=200");
     ensure!(
@@ -317,7 +328,6 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| target_dir().join("release/light")),
         udpcast_bitrate: (a.udpcast_bitrate != "none").then(|| a.udpcast_bitrate.clone()),
-        uftp_rate_kbps: a.uftp_rate_kbps,
         udpcast_args: a
             .udpcast_args
             .split_whitespace()
@@ -353,7 +363,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             }
             for &scenario in &a.scenarios {
                 let start = rows.len();
-                let variants = variants(&a.tools, scenario, k);
+                let variants = variants(&a.tools, &a.uftp_rate_kbps, scenario, k);
                 for (_, name, variant) in &variants {
                     rows.push(Row {
                         scenario: scenario.name().to_owned(),
@@ -419,7 +429,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         reps: a.reps,
         loss_per_mille: a.loss_per_mille,
         udpcast_bitrate: &a.udpcast_bitrate,
-        uftp_rate_kbps: a.uftp_rate_kbps,
+        uftp_rate_kbps: &a.uftp_rate_kbps,
         light_args: &a.light_args,
         keep_udp_gso: a.keep_udp_gso,
         rows: &rows,
@@ -433,7 +443,12 @@ pub fn run(a: &CompareArgs) -> Result<()> {
 }
 
 /// The tool configurations of a scenario: (tool, tool name, variant label).
-fn variants(tools: &[ToolName], scenario: Scenario, k: usize) -> Vec<(Tool, String, String)> {
+fn variants(
+    tools: &[ToolName],
+    uftp_rates: &[i64],
+    scenario: Scenario,
+    k: usize,
+) -> Vec<(Tool, String, String)> {
     let mut v = Vec::new();
     for &t in tools {
         match t {
@@ -450,7 +465,12 @@ fn variants(tools: &[ToolName], scenario: Scenario, k: usize) -> Vec<(Tool, Stri
                 }
             }
             ToolName::Udpcast => v.push((Tool::Udpcast, "udpcast".into(), String::new())),
-            ToolName::Uftp => v.push((Tool::Uftp, "uftp".into(), String::new())),
+            ToolName::Uftp => {
+                for &rate_kbps in uftp_rates {
+                    let label = uftp_rate_label(rate_kbps);
+                    v.push((Tool::Uftp { rate_kbps }, "uftp".into(), label));
+                }
+            }
         }
     }
     v
@@ -509,7 +529,16 @@ fn tool_label(t: &Tool) -> &'static str {
         Tool::Light { no_xdp: false, .. } => "light",
         Tool::Light { no_xdp: true, .. } => "light-noxdp",
         Tool::Udpcast => "udpcast",
-        Tool::Uftp => "uftp",
+        Tool::Uftp { .. } => "uftp",
+    }
+}
+
+/// The variant label of a UFTP rate: `-R 1000000` → `1000 Mbit/s`, `-R -1` → `max rate`.
+fn uftp_rate_label(kbps: i64) -> String {
+    if kbps < 0 {
+        "max rate".to_owned()
+    } else {
+        format!("{} Mbit/s", kbps as f64 / 1000.0)
     }
 }
 
@@ -563,7 +592,7 @@ mod tests {
     #[test]
     fn variants_per_scenario() {
         let all = [ToolName::Light, ToolName::Udpcast, ToolName::Uftp];
-        let v = variants(&all, Scenario::Cached, 8);
+        let v = variants(&all, &[1_000_000, -1], Scenario::Cached, 8);
         let names: Vec<_> = v.iter().map(|x| format!("{} {}", x.1, x.2)).collect();
         assert_eq!(
             names,
@@ -572,9 +601,11 @@ mod tests {
                 "light 12.5% (t=1)",
                 "light 25% (t=2)",
                 "udpcast ",
-                "uftp "
+                "uftp 1000 Mbit/s",
+                "uftp max rate"
             ]
         );
+        assert_eq!(v[5].0, Tool::Uftp { rate_kbps: -1 });
         assert_eq!(
             v[1].0,
             Tool::Light {
@@ -582,7 +613,7 @@ mod tests {
                 no_xdp: false
             }
         );
-        let same = variants(&[ToolName::LightNoxdp], Scenario::Same, 4);
+        let same = variants(&[ToolName::LightNoxdp], &[-1], Scenario::Same, 4);
         assert_eq!(
             same[0].0,
             Tool::Light {

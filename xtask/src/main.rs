@@ -40,7 +40,7 @@ enum Cmd {
         packets: u64,
         /// Options of the end-to-end comparison (`e2e`).
         #[command(flatten)]
-        e2e: xtask::compare::CompareArgs,
+        e2e: Box<xtask::compare::CompareArgs>,
     },
 }
 

@@ -32,8 +32,18 @@ fn quick_peers_verify_and_write_results() {
         serde_json::from_str(&std::fs::read_to_string(out.join("e2e.json")).unwrap()).unwrap();
     assert_eq!(json["file_bytes"], 8 << 20);
     let rows = json["rows"].as_array().unwrap();
-    // 2 tools × 3 scenarios × K ∈ {1, 4} × MTU ∈ {1500, 9000}.
-    assert_eq!(rows.len(), 2 * 3 * 2 * 2, "{rows:#?}");
+    // (udpcast + UFTP at its two default rates) × 3 scenarios × K ∈ {1, 4} × MTU ∈ {1500, 9000}.
+    assert_eq!(rows.len(), 3 * 3 * 2 * 2, "{rows:#?}");
+    let uftp_rates: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r["tool"] == "uftp")
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uftp_rates,
+        ["1000 Mbit/s", "max rate"].into(),
+        "every rate tried is a row of its own"
+    );
     for r in rows {
         let runs = r["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 1);
@@ -71,7 +81,10 @@ fn quick_peers_verify_and_write_results() {
         }
     }
     let md = std::fs::read_to_string(out.join("e2e.md")).unwrap();
-    assert!(md.contains("| cached | 9000 | 4 | uftp | 1/1 |"), "{md}");
+    assert!(
+        md.contains("| cached | 9000 | 4 | uftp max rate | 1/1 |"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(out.join("e2e.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("udpcast") && svg.contains("<polyline"));
     std::fs::remove_dir_all(&out).unwrap();

@@ -41,8 +41,11 @@ pub enum Tool {
     },
     /// udpcast.
     Udpcast,
-    /// UFTP.
-    Uftp,
+    /// UFTP at `-R rate_kbps` (-1: as fast as the interface).
+    Uftp {
+        /// `uftp -R` rate in Kbit/s.
+        rate_kbps: i64,
+    },
 }
 
 impl Tool {
@@ -51,7 +54,7 @@ impl Tool {
         match self {
             Tool::Light { .. } => LIGHT_PORT,
             Tool::Udpcast => UDPCAST_PORTBASE,
-            Tool::Uftp => UFTP_PORT,
+            Tool::Uftp { .. } => UFTP_PORT,
         }
     }
 }
@@ -63,8 +66,6 @@ pub struct Settings {
     pub light_bin: PathBuf,
     /// `udp-sender --max-bitrate` value, or `None` for no cap.
     pub udpcast_bitrate: Option<String>,
-    /// `uftp -R` rate in Kbit/s (-1: as fast as the interface).
-    pub uftp_rate_kbps: i64,
     /// Extra `udp-sender` arguments.
     pub udpcast_args: Vec<String>,
     /// Extra `uftp` arguments.
@@ -136,7 +137,7 @@ pub fn run(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
     fs::create_dir_all(job.dir.join("logs"))?;
     match tool {
         Tool::Light { cache, no_xdp } => light(job, s, cache, *no_xdp),
-        Tool::Udpcast | Tool::Uftp => {
+        Tool::Udpcast | Tool::Uftp { .. } => {
             // Peers have no caches: one transfer per distinct requested file, one after the other.
             let mut files: Vec<usize> = job.demands.to_vec();
             files.sort_unstable();
@@ -152,10 +153,9 @@ pub fn run(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
                 let who: Vec<usize> = (0..job.demands.len())
                     .filter(|&r| job.demands[r] == f)
                     .collect();
-                let m = if *tool == Tool::Udpcast {
-                    udpcast(job, s, f, &who)?
-                } else {
-                    uftp(job, s, f, &who)?
+                let m = match tool {
+                    Tool::Uftp { rate_kbps } => uftp(job, s, *rate_kbps, f, &who)?,
+                    _ => udpcast(job, s, f, &who)?,
                 };
                 total.wall_s += m.wall_s;
                 total.sender_cpu_s += m.sender_cpu_s;
@@ -325,7 +325,13 @@ fn udpcast(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Me
     )
 }
 
-fn uftp(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Measured> {
+fn uftp(
+    job: &Job<'_>,
+    s: &Settings,
+    rate_kbps: i64,
+    file: usize,
+    who: &[usize],
+) -> Result<Measured> {
     let bed = job.bed;
     let logs = job.dir.join("logs");
     let port = UFTP_PORT.to_string();
@@ -348,7 +354,7 @@ fn uftp(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Measu
     let block = block_size(job.mtu).to_string();
     let mut cmd = ns_cmd(&bed.server, Path::new("uftp"));
     cmd.args(["-x", "1", "-p", &port, "-I", &bed.server.iface])
-        .args(["-R", &s.uftp_rate_kbps.to_string(), "-b", &block])
+        .args(["-R", &rate_kbps.to_string(), "-b", &block])
         .args(["-B", RCVBUF, "-H", &ids.join(",")])
         .args(&s.uftp_args)
         .arg(job.library.join(file_name(file)));
