@@ -243,6 +243,23 @@ fn empty_files_finish_immediately() {
 }
 
 #[test]
+fn a_new_output_file_has_its_blocks_reserved() {
+    use std::os::unix::fs::MetadataExt;
+    let out = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 9);
+    let f = OutputFile::create(out.path(), manifest("r/eserved", 1 << 20, &bytes)).unwrap();
+    let meta = fs::metadata(partial(out.path(), "r/eserved")).unwrap();
+    assert_eq!(meta.len(), bytes.len() as u64);
+    // A sparse file would hold no blocks before the first write.
+    assert!(
+        meta.blocks() * 512 >= bytes.len() as u64,
+        "{} blocks",
+        meta.blocks()
+    );
+    drop(f);
+}
+
+#[test]
 fn escaping_paths_are_rejected() {
     for bad in ["../escape", "/etc/passwd", "a/../../b", "a//b", "./a", ""] {
         assert!(

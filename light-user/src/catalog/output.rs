@@ -302,18 +302,45 @@ impl OutputFile {
         self.verified_count = 0;
         self.in_progress.clear();
         self.streaming.clear();
-        // Truncate first so no stale bytes survive, then pre-size.
-        for len in [0, self.manifest.size()] {
-            self.file
-                .set_len(len)
-                .map_err(io_err("sizing", &self.partial_path))?;
-        }
+        // Truncate first so no stale bytes survive, then reserve the whole file.
+        self.file
+            .set_len(0)
+            .map_err(io_err("truncating", &self.partial_path))?;
+        self.reserve()?;
         let mut state = self.header();
         state.extend_from_slice(&self.verified);
         self.state
             .set_len(0)
             .and_then(|()| self.state.write_all_at(&state, 0))
             .map_err(io_err("writing", &self.state_path))
+    }
+
+    /// Allocates the file's blocks up front: a disk too small fails now, naming the file,
+    /// not after minutes of transfer, and the writes then skip the file system's per-page
+    /// delayed allocation. A file system without `fallocate` gets a sparse file instead.
+    fn reserve(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let size = self.manifest.size();
+        let len = i64::try_from(size).map_err(|_| {
+            CatalogError::InvalidManifest(format!("size {size} too large for this system"))
+        })?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
+        // fallocate reads no memory of ours.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return self
+                .file
+                .set_len(size)
+                .map_err(io_err("sizing", &self.partial_path));
+        }
+        Err(io_err("reserving space for", &self.partial_path)(e))
     }
 
     /// Loads the sidecar if it belongs to this manifest and the partial file has the right
