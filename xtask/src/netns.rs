@@ -122,6 +122,20 @@ impl Testbed {
             ],
         )?;
         in_ns(br, &["ip", "link", "set", "br0", "mtu", &mtu, "up"])?;
+        // A switch does not run the IP firewall on the frames it forwards; with br_netfilter
+        // loaded (Docker loads it) the bridge would, for every frame and every copy of a
+        // multicast frame. The loss rule is a bridge-family nft rule and needs none of it.
+        // Without br_netfilter these keys do not exist and there is nothing to turn off.
+        let _ = in_ns(
+            br,
+            &[
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ],
+        );
         for h in self.hosts() {
             ip(&["netns", "add", &h.ns])?;
             // Link-local IPv6 must be usable at once for the IPv6 multicast tests.
