@@ -688,16 +688,21 @@ impl DataJob {
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let before = assembler.stats().in_session;
             rx.recv_batch(Duration::from_millis(100), &mut |p| {
-                if let Some(k) = &key
+                let end = DataHeader::parse(p).ok().filter(|(h, _)| {
+                    h.packet_kind() == Some(PacketKind::End) && h.session == session
+                });
+                // Only packets that change something pay for their MAC: the End marker and
+                // shards the assembler will use. The rest (other receivers' messages,
+                // duplicates, late repair) only move counters, whoever sent them; a forger
+                // can skew the loss estimate that way, never the data.
+                if (end.is_some() || assembler.wants(p))
+                    && let Some(k) = &key
                     && !k.verify(p)
                 {
                     auth_failed += 1;
                     return;
                 }
-                if let Ok((h, _)) = DataHeader::parse(p)
-                    && h.packet_kind() == Some(PacketKind::End)
-                    && h.session == session
-                {
+                if let Some((h, _)) = end {
                     last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
                 }
                 if let Some(event) = assembler.on_packet(p) {

@@ -116,6 +116,17 @@ struct MessageState {
     done: bool,
 }
 
+/// Why a packet is not used (each has its counter in [`Stats`]).
+#[derive(Clone, Copy, Debug)]
+enum Reject {
+    OtherKind,
+    ForeignSession,
+    UnexpectedMessage,
+    Late,
+    BadIndex,
+    Duplicate,
+}
+
 /// Sans-IO receiver of Source/Parity packets for a set of expected messages.
 pub struct Assembler {
     params: FecParams,
@@ -239,6 +250,48 @@ impl Assembler {
         out
     }
 
+    /// True if [`Assembler::on_packet`] would use this packet (a wanted shard not held
+    /// yet); every other packet only moves counters. Lets the receiver skip the MAC of
+    /// packets it drops anyway: other receivers' messages, duplicates, late repair.
+    pub fn wants(&self, packet: &[u8]) -> bool {
+        DataHeader::parse(packet).is_ok_and(|(h, payload)| self.check(&h, payload.len()).is_ok())
+    }
+
+    /// Whether a packet of this header is a shard to use (`Ok(is_source)`) or why not.
+    fn check(&self, h: &DataHeader, payload_len: usize) -> Result<bool, Reject> {
+        let is_source = match h.packet_kind() {
+            Some(PacketKind::Source) => true,
+            Some(PacketKind::Parity) => false,
+            _ => return Err(Reject::OtherKind),
+        };
+        if h.session != self.session {
+            return Err(Reject::ForeignSession);
+        }
+        let m = self
+            .messages
+            .get(&h.message)
+            .ok_or(Reject::UnexpectedMessage)?;
+        if m.done {
+            return Err(Reject::Late);
+        }
+        let b = m.blocks.get(h.block as usize).ok_or(Reject::BadIndex)?;
+        if h.source_shards != b.k
+            || h.parity_shards != self.params.parity_per_block
+            || payload_len != self.params.symbol_size
+            || u32::from(h.shard) >= u32::from(b.k) + u32::from(self.params.max_parity_per_block)
+        {
+            return Err(Reject::BadIndex);
+        }
+        if b.done {
+            return Err(Reject::Late);
+        }
+        let (word, bit) = (usize::from(h.shard) / 64, 1u64 << (h.shard % 64));
+        if b.have[word] & bit != 0 {
+            return Err(Reject::Duplicate);
+        }
+        Ok(is_source)
+    }
+
     /// Takes one packet; returns an event when it completes a message.
     pub fn on_packet(&mut self, packet: &[u8]) -> Option<Event> {
         self.stats.packets += 1;
@@ -255,49 +308,27 @@ impl Assembler {
             }
             st.in_session += 1;
         }
-        let is_source = match h.packet_kind() {
-            Some(PacketKind::Source) => true,
-            Some(PacketKind::Parity) => false,
-            _ => {
-                self.stats.other_kind += 1;
+        let is_source = match self.check(&h, payload.len()) {
+            Ok(is_source) => is_source,
+            Err(r) => {
+                let st = &mut self.stats;
+                *match r {
+                    Reject::OtherKind => &mut st.other_kind,
+                    Reject::ForeignSession => &mut st.foreign_session,
+                    Reject::UnexpectedMessage => &mut st.unexpected_message,
+                    Reject::Late => &mut st.late,
+                    Reject::BadIndex => &mut st.bad_index,
+                    Reject::Duplicate => &mut st.duplicate,
+                } += 1;
                 return None;
             }
         };
-        if h.session != self.session {
-            self.stats.foreign_session += 1;
-            return None;
-        }
         let params = self.params;
-        let Some(m) = self.messages.get_mut(&h.message) else {
-            self.stats.unexpected_message += 1;
-            return None;
-        };
-        if m.done {
-            self.stats.late += 1;
-            return None;
-        }
-        let Some(b) = m.blocks.get_mut(h.block as usize) else {
-            self.stats.bad_index += 1;
-            return None;
-        };
+        // Both exist: `check` found them.
+        let m = self.messages.get_mut(&h.message)?;
+        let b = m.blocks.get_mut(h.block as usize)?;
         let shard = h.shard;
-        if h.source_shards != b.k
-            || h.parity_shards != params.parity_per_block
-            || payload.len() != params.symbol_size
-            || u32::from(shard) >= u32::from(b.k) + u32::from(params.max_parity_per_block)
-        {
-            self.stats.bad_index += 1;
-            return None;
-        }
-        if b.done {
-            self.stats.late += 1;
-            return None;
-        }
         let (word, bit) = (usize::from(shard) / 64, 1u64 << (shard % 64));
-        if b.have[word] & bit != 0 {
-            self.stats.duplicate += 1;
-            return None;
-        }
         b.have[word] |= bit;
         b.count += 1;
         let s = params.symbol_size;

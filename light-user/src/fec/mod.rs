@@ -421,7 +421,12 @@ mod tests {
         let mut bad_block = pkts[0].clone();
         bad_block[20] = 5; // block field
         assert!(asm.on_packet(&bad_block).is_none());
+        for unused in [&[1, 2, 3][..], &foreign, &other_msg, &bad_block] {
+            assert!(!asm.wants(unused));
+        }
+        assert!(asm.wants(&pkts[0]));
         assert!(asm.on_packet(&pkts[0]).is_none());
+        assert!(!asm.wants(&pkts[0]), "a duplicate");
         assert!(asm.on_packet(&pkts[0]).is_none());
         let mut end = vec![0u8; HEADER_LEN];
         DataHeader::new(PacketKind::End, 9)
@@ -473,7 +478,15 @@ mod tests {
             pkts.extend(dups);
             for i in (1..pkts.len()).rev() { pkts.swap(i, next() as usize % (i + 1)); }
             let mut asm = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
-            let events: Vec<Event> = pkts.iter().filter_map(|p| asm.on_packet(p)).collect();
+            let mut events = Vec::new();
+            for p in &pkts {
+                // `wants` says beforehand exactly which packets get used (duplicates and
+                // shards of finished blocks are not).
+                let wanted = asm.wants(p);
+                let used = asm.stats().source + asm.stats().parity;
+                events.extend(asm.on_packet(p));
+                prop_assert_eq!(wanted, asm.stats().source + asm.stats().parity > used);
+            }
             prop_assert!(asm.missing().is_empty());
             // Streamed, the same packets give every block once, the last one flagged last, with
             // block buffers recycled.
