@@ -6,6 +6,18 @@ pub const XSK_MAP: &str = "LIGHT_XSKS";
 pub const PORT_MAP: &str = "LIGHT_PORTS";
 /// Name of the per-CPU counter array, indexed by [`Counter`].
 pub const COUNTER_MAP: &str = "LIGHT_COUNTERS";
+/// Name of the message filter's two-word array map: [`FILTER_ON`] is 1 while the filter
+/// is on, [`FILTER_SESSION`] the session it applies to.
+pub const FILTER_MAP: &str = "LIGHT_FILTER";
+/// Index of the filter's on/off word.
+pub const FILTER_ON: u32 = 0;
+/// Index of the filtered session's id.
+pub const FILTER_SESSION: u32 = 1;
+/// Name of the hash map of the message indices this receiver wants (key: message index)
+/// while the filter is on; shards of the filtered session's other messages are dropped.
+pub const WANT_MAP: &str = "LIGHT_WANT";
+/// Capacity of the wanted-message map; a receiver wanting more runs without the filter.
+pub const MAX_WANTED: u32 = 16384;
 /// Capacity of the port map.
 pub const MAX_PORTS: u32 = 16;
 /// Capacity of the XSKMAP (rx queues).
@@ -25,10 +37,13 @@ pub enum Counter {
     RedirectFailed = 3,
     /// Frames too short or inconsistent for the headers they claim.
     Malformed = 4,
+    /// Shards of the filtered session for messages this receiver does not want: dropped
+    /// before they are copied to the AF_XDP ring.
+    Unwanted = 5,
 }
 
 /// Number of counters in [`Counter`].
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 impl Counter {
     /// All counters, in index order.
@@ -38,6 +53,7 @@ impl Counter {
         Counter::Redirected,
         Counter::RedirectFailed,
         Counter::Malformed,
+        Counter::Unwanted,
     ];
 
     /// Short lowercase name, for reports and metrics.
@@ -48,6 +64,7 @@ impl Counter {
             Counter::Redirected => "redirected",
             Counter::RedirectFailed => "redirect_failed",
             Counter::Malformed => "malformed",
+            Counter::Unwanted => "unwanted",
         }
     }
 }

@@ -4,22 +4,34 @@
 //! whose destination is multicast and whose UDP destination port is in `LIGHT_PORTS` is
 //! redirected to the AF_XDP socket registered for its rx queue in `LIGHT_XSKS`; every
 //! other frame, and a matched frame with no socket, goes to the normal stack (`XDP_PASS`).
+//! While the message filter is on (`LIGHT_FILTER`), source and parity shards of the filtered
+//! session whose message is not in `LIGHT_WANT` are dropped (`XDP_DROP`): coded caching
+//! multicasts every message to every receiver, and most are for others.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
-use light_common::maps::{COUNTER_COUNT, Counter, MAX_PORTS, MAX_QUEUES};
+use light_common::{
+    MAGIC, PacketKind,
+    maps::{COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED},
+};
 
 #[map(name = "LIGHT_XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map(name = "LIGHT_PORTS")]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "LIGHT_FILTER")]
+static FILTER: Array<u32> = Array::with_max_entries(2, 0);
+
+#[map(name = "LIGHT_WANT")]
+static WANT: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WANTED, 0);
 
 #[map(name = "LIGHT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -65,14 +77,19 @@ fn be16_at(p: *const u8, i: usize) -> u16 {
     u16::from_be_bytes([at(p, i), at(p, i + 1)])
 }
 
+#[inline(always)]
+fn le32_at(p: *const u8, i: usize) -> u32 {
+    u32::from_le_bytes([at(p, i), at(p, i + 1), at(p, i + 2), at(p, i + 3)])
+}
+
 /// What the parser concluded about a frame.
 enum Verdict {
     /// Not ours: hand to the stack.
     Pass,
     /// Claims headers it does not have.
     Malformed,
-    /// Multicast UDP to a Light port.
-    Light,
+    /// Multicast UDP to a Light port; its UDP header starts at this offset.
+    Light(usize),
 }
 
 // Each header is bounds-checked once as a whole and then read at constant offsets from
@@ -132,7 +149,32 @@ fn classify(ctx: &XdpContext) -> Verdict {
     if ulen < UDP_HLEN || ctx.data() + l4 + ulen > ctx.data_end() {
         return Verdict::Malformed;
     }
-    Verdict::Light
+    Verdict::Light(l4)
+}
+
+/// Light header bytes the filter reads: magic, version, kind, flags, session, seq, message.
+const FILTER_HLEN: usize = 20;
+
+/// True if the filter is on and this is a shard of the filtered session for a message not
+/// wanted here. Anything it cannot read as such goes on to user space, which decides.
+#[inline(always)]
+fn unwanted(ctx: &XdpContext, l4: usize) -> bool {
+    if FILTER.get(FILTER_ON).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    let Some(h) = ptr_at(ctx, l4 + UDP_HLEN, FILTER_HLEN) else {
+        return false;
+    };
+    let kind = at(h, 5);
+    if le32_at(h, 0) != MAGIC
+        || (kind != PacketKind::Source as u8 && kind != PacketKind::Parity as u8)
+        || Some(&le32_at(h, 8)) != FILTER.get(FILTER_SESSION)
+    {
+        return false;
+    }
+    let message = le32_at(h, 16);
+    // SAFETY: the map holds plain u8 values; a shared read is fine.
+    unsafe { WANT.get(&message) }.is_none()
 }
 
 /// Entry point: steer Light multicast into AF_XDP, pass everything else.
@@ -145,8 +187,12 @@ pub fn light_xdp(ctx: XdpContext) -> u32 {
             bump(Counter::Malformed);
             xdp_action::XDP_PASS
         }
-        Verdict::Light => {
+        Verdict::Light(l4) => {
             bump(Counter::Matched);
+            if unwanted(&ctx, l4) {
+                bump(Counter::Unwanted);
+                return xdp_action::XDP_DROP;
+            }
             // The low bits of the flags are the action when no socket sits on this queue.
             match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
                 Ok(action) if action == xdp_action::XDP_REDIRECT => {

@@ -558,6 +558,8 @@ pub const PROGRESS: Duration = Duration::from_secs(1);
 /// in order on a LAN, so once the marker is read the pass is over; this only lets the
 /// later copies of the marker pass (they are 2 ms apart). Was 300 ms per repair round.
 const NACK_QUIET: Duration = Duration::from_millis(50);
+/// How often the receive loop reads how many frames the XDP message filter dropped.
+const FILTER_POLL: Duration = Duration::from_millis(10);
 /// Silence after which the receiver reports what it lacks even without an End marker.
 const NACK_IDLE: Duration = Duration::from_secs(2);
 
@@ -587,6 +589,7 @@ impl DataJob {
             from_cache += part.len;
         }
         let mut decoder = Decoder::new(&plan, slot)?;
+        let wanted = decoder.wanted_messages().to_vec();
         let lens = plan.messages();
         let mut assembler = Assembler::new(
             self.fec,
@@ -670,6 +673,25 @@ impl DataJob {
             return Err(SessionError::Protocol("receive path not open".into()));
         };
         let rx_path = rx.describe();
+        // Other receivers' messages (most of a coded pass) are dropped by the XDP program
+        // before their copy into the ring; the count it keeps feeds the loss estimate.
+        let filtered_base = rx.filtered().unwrap_or(0);
+        let filtering = match rx.filter_messages(self.session, &wanted) {
+            Ok(on) => on,
+            Err(e) => {
+                tracing::warn!(error = %e, "no XDP message filter: other receivers' messages reach user space");
+                false
+            }
+        };
+        let mut filtered_noted = 0;
+        let mut note_filtered = |rx: &Receiver, assembler: &mut Assembler| {
+            if let Ok(n) = rx.filtered() {
+                let n = n.saturating_sub(filtered_base);
+                assembler.note_filtered(n.saturating_sub(filtered_noted));
+                filtered_noted = filtered_noted.max(n);
+            }
+        };
+        let mut noted_at = Instant::now();
         let _ = ready.send(Ok(rx_path.clone()));
 
         let mut first: Option<Instant> = None;
@@ -710,6 +732,12 @@ impl DataJob {
                     let _ = msg_tx.send(event);
                 }
             })?;
+            // Filtered frames count as arrivals: they keep a receiver whose messages come
+            // late in the pass from taking the quiet for the end of it.
+            if filtering && noted_at.elapsed() >= FILTER_POLL {
+                note_filtered(rx, &mut assembler);
+                noted_at = Instant::now();
+            }
             self.drops.record(&assembler.stats(), auth_failed);
             for buf in spare_rx.try_iter() {
                 assembler.recycle(buf);
@@ -756,9 +784,16 @@ impl DataJob {
                 break;
             }
         }
+        if filtering {
+            note_filtered(rx, &mut assembler);
+            if let Err(e) = rx.unfilter() {
+                tracing::warn!(error = %e, "turning the XDP message filter off failed");
+            }
+        }
         tracing::info!(
             complete = assembler.is_complete(),
             packets = assembler.stats().packets,
+            filtered = filtered_noted,
             "reception ended"
         );
         // Buffers the writer still returns are freed, not kept for a loop that has ended.

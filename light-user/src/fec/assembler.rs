@@ -138,6 +138,9 @@ pub struct Assembler {
     /// streamed block costs no fresh pages (a new 360 KB buffer is page-faulted and zeroed
     /// by the kernel, then unmapped again when the writer drops it).
     spare: Vec<Vec<u8>>,
+    /// Whether a packet of this session set the sequence range yet (filtered packets,
+    /// counted in `in_session` unseen, do not).
+    seq_seen: bool,
 }
 
 /// Most block buffers kept for reuse (the writer holds the others in flight).
@@ -191,6 +194,7 @@ impl Assembler {
             decoder: None,
             stats: Stats::default(),
             spare: Vec::new(),
+            seq_seen: false,
         })
     }
 
@@ -250,6 +254,14 @@ impl Assembler {
         out
     }
 
+    /// Counts `n` packets of this session that a filter below dropped, unseen, because
+    /// they carried messages not expected here: they arrived (for the loss estimate) and
+    /// were not used.
+    pub fn note_filtered(&mut self, n: u64) {
+        self.stats.in_session += n;
+        self.stats.unexpected_message += n;
+    }
+
     /// True if [`Assembler::on_packet`] would use this packet (a wanted shard not held
     /// yet); every other packet only moves counters. Lets the receiver skip the MAC of
     /// packets it drops anyway: other receivers' messages, duplicates, late repair.
@@ -301,7 +313,8 @@ impl Assembler {
         };
         if h.session == self.session {
             let st = &mut self.stats;
-            if st.in_session == 0 {
+            if !self.seq_seen {
+                self.seq_seen = true;
                 (st.seq_low, st.seq_high) = (h.seq, h.seq);
             } else {
                 (st.seq_low, st.seq_high) = (st.seq_low.min(h.seq), st.seq_high.max(h.seq));

@@ -151,6 +151,31 @@ impl Receiver {
         }
     }
 
+    /// Asks the XDP program to drop `session`'s shards of messages not in `wanted`; returns
+    /// whether it does (the socket path has no filter: user space drops those).
+    pub fn filter_messages(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
+        match self {
+            Receiver::Xdp(x) => x.program_mut().filter_messages(session, wanted),
+            Receiver::Socket(_) => Ok(false),
+        }
+    }
+
+    /// Turns the message filter off (nothing to do on the socket path).
+    pub fn unfilter(&mut self) -> Result<(), RxError> {
+        match self {
+            Receiver::Xdp(x) => x.program_mut().unfilter(),
+            Receiver::Socket(_) => Ok(()),
+        }
+    }
+
+    /// Frames the message filter has dropped since the path opened.
+    pub fn filtered(&self) -> Result<u64, RxError> {
+        match self {
+            Receiver::Xdp(x) => x.program().counter(light_common::Counter::Unwanted),
+            Receiver::Socket(_) => Ok(0),
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> RxStats {
         match self {

@@ -5,10 +5,13 @@ use std::{net::IpAddr, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull, time::
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, PerCpuArray, XskMap},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, PerCpuArray, XskMap},
     programs::{Xdp, XdpMode},
 };
-use light_common::maps::{COUNTER_MAP, Counter, PORT_MAP, XSK_MAP};
+use light_common::maps::{
+    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, PORT_MAP, WANT_MAP,
+    XSK_MAP,
+};
 use socket2::Socket as StdSocket;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
 
@@ -56,6 +59,8 @@ impl AttachMode {
 pub struct XdpProgram {
     ebpf: Ebpf,
     mode: XdpMode,
+    /// The messages in the wanted-message map, so turning the filter off can remove them.
+    wanted: Vec<u32>,
 }
 
 impl XdpProgram {
@@ -84,7 +89,13 @@ impl XdpProgram {
         let mut last = None;
         for &m in mode.attempts() {
             match prog.attach_to_if_index(ifindex, m) {
-                Ok(_) => return Ok(Self { ebpf, mode: m }),
+                Ok(_) => {
+                    return Ok(Self {
+                        ebpf,
+                        mode: m,
+                        wanted: Vec::new(),
+                    });
+                }
                 Err(e) => {
                     tracing::debug!(iface, mode = ?m, error = %e, "XDP attach refused");
                     last = Some(e);
@@ -114,20 +125,79 @@ impl XdpProgram {
         xsks.set(queue, fd, 0).map_err(|e| RxError::Map(XSK_MAP, e))
     }
 
-    /// The program's per-CPU counters summed over CPUs, indexed by [`Counter`].
-    pub fn counters(&self) -> Result<[u64; Counter::ALL.len()], RxError> {
+    /// Drops, in the kernel, the shards of `session` whose message is not in `wanted`, so
+    /// they cost neither the copy into the ring nor a look in user space. Returns false
+    /// (filter left off) when `wanted` does not fit the map.
+    pub fn filter_messages(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
+        self.unfilter()?;
+        if wanted.len() > MAX_WANTED as usize {
+            return Ok(false);
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut(WANT_MAP)
+                .ok_or(RxError::MissingMap(WANT_MAP))?;
+            let mut want: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
+            for &m in wanted {
+                want.insert(m, 1, 0)
+                    .map_err(|e| RxError::Map(WANT_MAP, e))?;
+                self.wanted.push(m);
+            }
+        }
+        // The session first: the filter must never be on with another session's id.
+        self.set_filter(FILTER_SESSION, session)?;
+        self.set_filter(FILTER_ON, 1)?;
+        Ok(true)
+    }
+
+    /// Turns the message filter off: every Light frame goes to the ring again.
+    pub fn unfilter(&mut self) -> Result<(), RxError> {
+        self.set_filter(FILTER_ON, 0)?;
+        let map = self
+            .ebpf
+            .map_mut(WANT_MAP)
+            .ok_or(RxError::MissingMap(WANT_MAP))?;
+        let mut want: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
+        for m in self.wanted.drain(..) {
+            want.remove(&m).map_err(|e| RxError::Map(WANT_MAP, e))?;
+        }
+        Ok(())
+    }
+
+    fn set_filter(&mut self, index: u32, value: u32) -> Result<(), RxError> {
+        let map = self
+            .ebpf
+            .map_mut(FILTER_MAP)
+            .ok_or(RxError::MissingMap(FILTER_MAP))?;
+        let mut filter: BpfArray<_, u32> =
+            BpfArray::try_from(map).map_err(|e| RxError::Map(FILTER_MAP, e))?;
+        filter
+            .set(index, value, 0)
+            .map_err(|e| RxError::Map(FILTER_MAP, e))
+    }
+
+    /// One of the program's per-CPU counters, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64, RxError> {
         let map = self
             .ebpf
             .map(COUNTER_MAP)
             .ok_or(RxError::MissingMap(COUNTER_MAP))?;
         let arr: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+        let v = arr
+            .get(&(c as u32), 0)
+            .map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+        Ok(v.iter().sum())
+    }
+
+    /// The program's per-CPU counters summed over CPUs, indexed by [`Counter`].
+    pub fn counters(&self) -> Result<[u64; Counter::ALL.len()], RxError> {
         let mut out = [0u64; Counter::ALL.len()];
         for c in Counter::ALL {
-            let v = arr
-                .get(&(c as u32), 0)
-                .map_err(|e| RxError::Map(COUNTER_MAP, e))?;
-            out[c as usize] = v.iter().sum();
+            out[c as usize] = self.counter(c)?;
         }
         Ok(out)
     }
@@ -388,6 +458,11 @@ impl XdpRx {
     /// The attached program (for its counters).
     pub fn program(&self) -> &XdpProgram {
         &self.program
+    }
+
+    /// The attached program, to set its message filter.
+    pub fn program_mut(&mut self) -> &mut XdpProgram {
+        &mut self.program
     }
 
     /// Counters so far.
