@@ -6,19 +6,23 @@
 //! other frame, and a matched frame with no socket, goes to the normal stack (`XDP_PASS`).
 //! While the message filter is on (`LIGHT_FILTER`), source and parity shards of the filtered
 //! session whose message is not in `LIGHT_WANT` are dropped (`XDP_DROP`): coded caching
-//! multicasts every message to every receiver, and most are for others.
+//! multicasts every message to every receiver, and most are for others. The socket receive
+//! path attaches `light_sock`, the same filter as a socket filter on its UDP socket.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{map, xdp},
+    macros::{map, socket_filter, xdp},
     maps::{Array, HashMap, PerCpuArray, XskMap},
-    programs::XdpContext,
+    programs::{SkBuffContext, XdpContext},
 };
 use light_common::{
     MAGIC, PacketKind,
-    maps::{COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED},
+    maps::{
+        COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED,
+        SEQ_HIGH, SEQ_LOW,
+    },
 };
 
 #[map(name = "LIGHT_XSKS")]
@@ -32,6 +36,9 @@ static FILTER: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map(name = "LIGHT_WANT")]
 static WANT: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WANTED, 0);
+
+#[map(name = "LIGHT_FILTERED_SEQ")]
+static FILTERED_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "LIGHT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -68,7 +75,8 @@ fn ptr_at(ctx: &XdpContext, off: usize, len: usize) -> Option<*const u8> {
 /// Reads byte `i` of a region that `ptr_at` already bounds-checked.
 #[inline(always)]
 fn at(p: *const u8, i: usize) -> u8 {
-    // SAFETY: callers pass an index inside the region checked by ptr_at.
+    // SAFETY: callers pass an index inside the region checked by ptr_at, or inside a
+    // local array of the length they read.
     unsafe { *p.add(i) }
 }
 
@@ -156,15 +164,28 @@ fn classify(ctx: &XdpContext) -> Verdict {
 const FILTER_HLEN: usize = 20;
 
 /// True if the filter is on and this is a shard of the filtered session for a message not
-/// wanted here. Anything it cannot read as such goes on to user space, which decides.
+/// wanted here (its sequence number then widens the dropped range). Anything it cannot read
+/// as such goes on to user space, which decides.
 #[inline(always)]
 fn unwanted(ctx: &XdpContext, l4: usize) -> bool {
-    if FILTER.get(FILTER_ON).copied().unwrap_or(0) == 0 {
+    if !filter_on() {
         return false;
     }
     let Some(h) = ptr_at(ctx, l4 + UDP_HLEN, FILTER_HLEN) else {
         return false;
     };
+    unwanted_header(h)
+}
+
+#[inline(always)]
+fn filter_on() -> bool {
+    FILTER.get(FILTER_ON).copied().unwrap_or(0) != 0
+}
+
+/// The filter's verdict on the first [`FILTER_HLEN`] bytes of a Light header; records the
+/// sequence number of what it drops.
+#[inline(always)]
+fn unwanted_header(h: *const u8) -> bool {
     let kind = at(h, 5);
     if le32_at(h, 0) != MAGIC
         || (kind != PacketKind::Source as u8 && kind != PacketKind::Parity as u8)
@@ -174,7 +195,33 @@ fn unwanted(ctx: &XdpContext, l4: usize) -> bool {
     }
     let message = le32_at(h, 16);
     // SAFETY: the map holds plain u8 values; a shared read is fine.
-    unsafe { WANT.get(&message) }.is_none()
+    if unsafe { WANT.get(&message) }.is_some() {
+        return false;
+    }
+    let seq = le32_at(h, 12);
+    if let Some(lo) = FILTERED_SEQ.get_ptr_mut(SEQ_LOW) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *lo = (*lo).min(seq) };
+    }
+    if let Some(hi) = FILTERED_SEQ.get_ptr_mut(SEQ_HIGH) {
+        // SAFETY: as above.
+        unsafe { *hi = (*hi).max(seq) };
+    }
+    true
+}
+
+/// Socket filter for the socket receive path: the kernel drops unwanted shards before they
+/// are queued on the socket (the data starts at the UDP header). Returns the bytes to keep.
+#[socket_filter]
+pub fn light_sock(ctx: SkBuffContext) -> i64 {
+    if filter_on()
+        && let Ok(h) = ctx.load::<[u8; FILTER_HLEN]>(UDP_HLEN)
+        && unwanted_header(h.as_ptr())
+    {
+        bump(Counter::Unwanted);
+        return 0;
+    }
+    i64::from(ctx.len())
 }
 
 /// Entry point: steer Light multicast into AF_XDP, pass everything else.

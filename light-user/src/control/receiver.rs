@@ -675,7 +675,7 @@ impl DataJob {
         let rx_path = rx.describe();
         // Other receivers' messages (most of a coded pass) are dropped by the XDP program
         // before their copy into the ring; the count it keeps feeds the loss estimate.
-        let filtered_base = rx.filtered().unwrap_or(0);
+        let filtered_base = rx.filtered().map(|f| f.count).unwrap_or(0);
         let filtering = match rx.filter_messages(self.session, &wanted) {
             Ok(on) => on,
             Err(e) => {
@@ -685,9 +685,9 @@ impl DataJob {
         };
         let mut filtered_noted = 0;
         let mut note_filtered = |rx: &Receiver, assembler: &mut Assembler| {
-            if let Ok(n) = rx.filtered() {
-                let n = n.saturating_sub(filtered_base);
-                assembler.note_filtered(n.saturating_sub(filtered_noted));
+            if let Ok(f) = rx.filtered() {
+                let n = f.count.saturating_sub(filtered_base);
+                assembler.note_filtered(n.saturating_sub(filtered_noted), f.seq_range);
                 filtered_noted = filtered_noted.max(n);
             }
         };

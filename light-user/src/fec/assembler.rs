@@ -255,11 +255,20 @@ impl Assembler {
     }
 
     /// Counts `n` packets of this session that a filter below dropped, unseen, because
-    /// they carried messages not expected here: they arrived (for the loss estimate) and
-    /// were not used.
-    pub fn note_filtered(&mut self, n: u64) {
-        self.stats.in_session += n;
-        self.stats.unexpected_message += n;
+    /// they carried messages not expected here, with the range of their sequence numbers:
+    /// they arrived (for the loss estimate) and were not used.
+    pub fn note_filtered(&mut self, n: u64, seq_range: Option<(u32, u32)>) {
+        let st = &mut self.stats;
+        st.in_session += n;
+        st.unexpected_message += n;
+        if let Some((lo, hi)) = seq_range {
+            if self.seq_seen {
+                (st.seq_low, st.seq_high) = (st.seq_low.min(lo), st.seq_high.max(hi));
+            } else {
+                self.seq_seen = true;
+                (st.seq_low, st.seq_high) = (lo, hi);
+            }
+        }
     }
 
     /// True if [`Assembler::on_packet`] would use this packet (a wanted shard not held

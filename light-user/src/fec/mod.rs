@@ -377,6 +377,33 @@ mod tests {
     }
 
     #[test]
+    fn filtered_packets_count_as_arrivals_over_their_sequence_range() {
+        let params = FecParams::new(64, 16, 4, 16).unwrap();
+        let data: Vec<u8> = (0..40 * 64).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = FecEncoder::new(params).unwrap();
+        let pkts = all_packets(params, &mut enc, 3, &data);
+        let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
+        // Filtered first: the range they bring starts the span.
+        asm.note_filtered(0, None);
+        assert_eq!(asm.stats().loss(), 0.0);
+        // This message's 52 packets (seq 0..=51) arrive; of the 48 other messages' packets
+        // sent after them (seq 52..=99) a filter below dropped 40, 8 never arrived.
+        for p in &pkts {
+            asm.on_packet(p);
+        }
+        asm.note_filtered(40, Some((53, 99)));
+        let st = asm.stats();
+        assert_eq!((st.seq_low, st.seq_high, st.in_session), (0, 99, 92));
+        assert_eq!(st.unexpected_message, 40);
+        assert!((st.loss() - 8.0 / 100.0).abs() < 1e-9, "{}", st.loss());
+        // Before any packet of its own, the filter's range alone sets the span.
+        let mut late = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
+        late.note_filtered(10, Some((100, 109)));
+        late.on_packet(&pkts[0]);
+        assert_eq!((late.stats().seq_low, late.stats().seq_high), (0, 109));
+    }
+
+    #[test]
     fn batches_match_single_packets() {
         let params = FecParams::new(16, 3, 2, 2).unwrap();
         let data: Vec<u8> = (0..100u8).collect();

@@ -2,6 +2,7 @@
 //!
 //! Both paths deliver the same UDP payloads to the same consumer callback, in batches.
 
+pub mod filter;
 pub mod frame;
 pub mod socket;
 pub mod xdp;
@@ -59,6 +60,9 @@ pub enum RxError {
         /// errno.
         errno: i32,
     },
+    /// The number of CPUs (for per-CPU maps) could not be read.
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(std::io::Error),
     /// A socket call failed.
     #[error("{op}: {source}")]
     Socket {
@@ -151,28 +155,28 @@ impl Receiver {
         }
     }
 
-    /// Asks the XDP program to drop `session`'s shards of messages not in `wanted`; returns
-    /// whether it does (the socket path has no filter: user space drops those).
+    /// Asks the kernel to drop `session`'s shards of messages not in `wanted`; returns
+    /// whether it does (without the privilege to load a filter, user space drops them).
     pub fn filter_messages(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
         match self {
             Receiver::Xdp(x) => x.program_mut().filter_messages(session, wanted),
-            Receiver::Socket(_) => Ok(false),
+            Receiver::Socket(s) => s.filter_messages(session, wanted),
         }
     }
 
-    /// Turns the message filter off (nothing to do on the socket path).
+    /// Turns the message filter off.
     pub fn unfilter(&mut self) -> Result<(), RxError> {
         match self {
             Receiver::Xdp(x) => x.program_mut().unfilter(),
-            Receiver::Socket(_) => Ok(()),
+            Receiver::Socket(s) => s.unfilter(),
         }
     }
 
-    /// Frames the message filter has dropped since the path opened.
-    pub fn filtered(&self) -> Result<u64, RxError> {
+    /// What the message filter has dropped since the path opened.
+    pub fn filtered(&self) -> Result<filter::Filtered, RxError> {
         match self {
-            Receiver::Xdp(x) => x.program().counter(light_common::Counter::Unwanted),
-            Receiver::Socket(_) => Ok(0),
+            Receiver::Xdp(x) => x.program().filtered(),
+            Receiver::Socket(s) => s.filtered(),
         }
     }
 

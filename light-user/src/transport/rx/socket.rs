@@ -10,7 +10,10 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{RxError, RxStats};
+use super::{
+    RxError, RxStats,
+    filter::{Filtered, SocketMessageFilter},
+};
 
 /// Datagrams read per `recvmmsg` call.
 pub const BATCH: usize = 64;
@@ -69,6 +72,8 @@ pub struct SocketRx {
     sock: Socket,
     bufs: Vec<Vec<u8>>,
     stats: RxStats,
+    /// The kernel-side message filter, if this process may load one.
+    filter: Option<SocketMessageFilter>,
 }
 
 impl SocketRx {
@@ -84,11 +89,38 @@ impl SocketRx {
         if force_rcvbuf(&sock, RCVBUF).is_err() {
             let _ = sock.set_recv_buffer_size(RCVBUF);
         }
+        let filter = SocketMessageFilter::attach(&sock)
+            .inspect_err(|e| tracing::debug!(error = %e, "no socket message filter"))
+            .ok();
         Ok(Self {
             sock,
             bufs: vec![vec![0u8; max_datagram]; BATCH],
             stats: RxStats::default(),
+            filter,
         })
+    }
+
+    /// Has the kernel drop `session`'s shards of messages not in `wanted`; false if this
+    /// socket has no filter (not allowed to load one) or they do not fit its map.
+    pub fn filter_messages(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
+        match &mut self.filter {
+            Some(f) => f.set(session, wanted),
+            None => Ok(false),
+        }
+    }
+
+    /// Turns the message filter off.
+    pub fn unfilter(&mut self) -> Result<(), RxError> {
+        self.filter
+            .as_mut()
+            .map_or(Ok(()), SocketMessageFilter::clear)
+    }
+
+    /// What the message filter dropped so far.
+    pub fn filtered(&self) -> Result<Filtered, RxError> {
+        self.filter
+            .as_ref()
+            .map_or(Ok(Filtered::default()), SocketMessageFilter::dropped)
     }
 
     /// Counters so far.

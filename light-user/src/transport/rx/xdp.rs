@@ -5,24 +5,22 @@ use std::{net::IpAddr, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull, time::
 
 use aya::{
     Ebpf,
-    maps::{Array as BpfArray, HashMap as BpfHashMap, PerCpuArray, XskMap},
+    maps::{HashMap as BpfHashMap, XskMap},
     programs::{Xdp, XdpMode},
 };
-use light_common::maps::{
-    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, PORT_MAP, WANT_MAP,
-    XSK_MAP,
-};
+use light_common::maps::{Counter, PORT_MAP, XSK_MAP};
 use socket2::Socket as StdSocket;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 use super::{
     RxError, RxStats,
+    filter::{self, MessageFilter},
     frame::parse_udp,
     socket::{ifindex, joined_socket, poll_fds},
 };
 
 /// The compiled XDP program, built by `light-user/build.rs` from `light-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIGHT_EBPF_OBJ"));
+pub(super) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIGHT_EBPF_OBJ"));
 
 /// UMEM frame size: one page, room for a jumbo-less frame with headroom.
 const FRAME_SIZE: u32 = 4096;
@@ -59,8 +57,7 @@ impl AttachMode {
 pub struct XdpProgram {
     ebpf: Ebpf,
     mode: XdpMode,
-    /// The messages in the wanted-message map, so turning the filter off can remove them.
-    wanted: Vec<u32>,
+    filter: MessageFilter,
 }
 
 impl XdpProgram {
@@ -93,7 +90,7 @@ impl XdpProgram {
                     return Ok(Self {
                         ebpf,
                         mode: m,
-                        wanted: Vec::new(),
+                        filter: MessageFilter::default(),
                     });
                 }
                 Err(e) => {
@@ -129,68 +126,22 @@ impl XdpProgram {
     /// they cost neither the copy into the ring nor a look in user space. Returns false
     /// (filter left off) when `wanted` does not fit the map.
     pub fn filter_messages(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
-        self.unfilter()?;
-        if wanted.len() > MAX_WANTED as usize {
-            return Ok(false);
-        }
-        {
-            let map = self
-                .ebpf
-                .map_mut(WANT_MAP)
-                .ok_or(RxError::MissingMap(WANT_MAP))?;
-            let mut want: BpfHashMap<_, u32, u8> =
-                BpfHashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
-            for &m in wanted {
-                want.insert(m, 1, 0)
-                    .map_err(|e| RxError::Map(WANT_MAP, e))?;
-                self.wanted.push(m);
-            }
-        }
-        // The session first: the filter must never be on with another session's id.
-        self.set_filter(FILTER_SESSION, session)?;
-        self.set_filter(FILTER_ON, 1)?;
-        Ok(true)
+        self.filter.set(&mut self.ebpf, session, wanted)
     }
 
     /// Turns the message filter off: every Light frame goes to the ring again.
     pub fn unfilter(&mut self) -> Result<(), RxError> {
-        self.set_filter(FILTER_ON, 0)?;
-        let map = self
-            .ebpf
-            .map_mut(WANT_MAP)
-            .ok_or(RxError::MissingMap(WANT_MAP))?;
-        let mut want: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
-        for m in self.wanted.drain(..) {
-            want.remove(&m).map_err(|e| RxError::Map(WANT_MAP, e))?;
-        }
-        Ok(())
-    }
-
-    fn set_filter(&mut self, index: u32, value: u32) -> Result<(), RxError> {
-        let map = self
-            .ebpf
-            .map_mut(FILTER_MAP)
-            .ok_or(RxError::MissingMap(FILTER_MAP))?;
-        let mut filter: BpfArray<_, u32> =
-            BpfArray::try_from(map).map_err(|e| RxError::Map(FILTER_MAP, e))?;
-        filter
-            .set(index, value, 0)
-            .map_err(|e| RxError::Map(FILTER_MAP, e))
+        self.filter.clear(&mut self.ebpf)
     }
 
     /// One of the program's per-CPU counters, summed over CPUs.
     pub fn counter(&self, c: Counter) -> Result<u64, RxError> {
-        let map = self
-            .ebpf
-            .map(COUNTER_MAP)
-            .ok_or(RxError::MissingMap(COUNTER_MAP))?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|e| RxError::Map(COUNTER_MAP, e))?;
-        let v = arr
-            .get(&(c as u32), 0)
-            .map_err(|e| RxError::Map(COUNTER_MAP, e))?;
-        Ok(v.iter().sum())
+        filter::counter(&self.ebpf, c)
+    }
+
+    /// What the message filter dropped so far.
+    pub fn filtered(&self) -> Result<filter::Filtered, RxError> {
+        filter::filtered(&self.ebpf)
     }
 
     /// The program's per-CPU counters summed over CPUs, indexed by [`Counter`].

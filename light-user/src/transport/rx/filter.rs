@@ -1,0 +1,173 @@
+//! The message filter both receive paths share: while a receiver takes a session, the
+//! kernel drops the shards of messages it does not want (most of a coded pass is for other
+//! receivers) before they cost a copy. The XDP program filters for the AF_XDP path; the
+//! socket path attaches the same object's `light_sock` socket filter to its UDP socket.
+
+use std::os::fd::AsFd;
+
+use aya::maps::PerCpuValues;
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::SocketFilter,
+};
+use light_common::maps::{
+    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, SEQ_HIGH, SEQ_LOW,
+    SEQ_MAP, WANT_MAP,
+};
+
+use super::{RxError, xdp::EBPF_OBJECT};
+
+/// The filter's state in user space: which messages it put in the wanted-message map.
+#[derive(Debug, Default)]
+pub struct MessageFilter {
+    wanted: Vec<u32>,
+}
+
+impl MessageFilter {
+    /// Turns the filter on for `session`, keeping only `wanted` messages; returns false
+    /// (filter left off) when they do not fit the map.
+    pub fn set(&mut self, ebpf: &mut Ebpf, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
+        self.clear(ebpf)?;
+        if wanted.len() > MAX_WANTED as usize {
+            return Ok(false);
+        }
+        {
+            let map = ebpf
+                .map_mut(WANT_MAP)
+                .ok_or(RxError::MissingMap(WANT_MAP))?;
+            let mut want: HashMap<_, u32, u8> =
+                HashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
+            for &m in wanted {
+                want.insert(m, 1, 0)
+                    .map_err(|e| RxError::Map(WANT_MAP, e))?;
+                self.wanted.push(m);
+            }
+        }
+        // An empty range: the first dropped shard sets both ends.
+        set_per_cpu(ebpf, SEQ_LOW, u32::MAX)?;
+        set_per_cpu(ebpf, SEQ_HIGH, 0)?;
+        // The session first: the filter must never be on with another session's id.
+        set_word(ebpf, FILTER_SESSION, session)?;
+        set_word(ebpf, FILTER_ON, 1)?;
+        Ok(true)
+    }
+
+    /// Turns the filter off and empties the wanted-message map.
+    pub fn clear(&mut self, ebpf: &mut Ebpf) -> Result<(), RxError> {
+        set_word(ebpf, FILTER_ON, 0)?;
+        let map = ebpf
+            .map_mut(WANT_MAP)
+            .ok_or(RxError::MissingMap(WANT_MAP))?;
+        let mut want: HashMap<_, u32, u8> =
+            HashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
+        for m in self.wanted.drain(..) {
+            want.remove(&m).map_err(|e| RxError::Map(WANT_MAP, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn set_word(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), RxError> {
+    let map = ebpf
+        .map_mut(FILTER_MAP)
+        .ok_or(RxError::MissingMap(FILTER_MAP))?;
+    let mut words: Array<_, u32> = Array::try_from(map).map_err(|e| RxError::Map(FILTER_MAP, e))?;
+    words
+        .set(index, value, 0)
+        .map_err(|e| RxError::Map(FILTER_MAP, e))
+}
+
+fn set_per_cpu(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), RxError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| RxError::Cpus(e))?;
+    let map = ebpf.map_mut(SEQ_MAP).ok_or(RxError::MissingMap(SEQ_MAP))?;
+    let mut arr: PerCpuArray<_, u32> =
+        PerCpuArray::try_from(map).map_err(|e| RxError::Map(SEQ_MAP, e))?;
+    let values = PerCpuValues::try_from(vec![value; cpus]).map_err(RxError::Cpus)?;
+    arr.set(index, values, 0)
+        .map_err(|e| RxError::Map(SEQ_MAP, e))
+}
+
+/// What the filter dropped: how many shards since the object was loaded, and the range of
+/// their sequence numbers since the filter was last turned on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filtered {
+    /// Shards dropped (a running count: take differences).
+    pub count: u64,
+    /// Lowest and highest sequence number dropped, if any was.
+    pub seq_range: Option<(u32, u32)>,
+}
+
+/// What the object's filter dropped so far.
+pub fn filtered(ebpf: &Ebpf) -> Result<Filtered, RxError> {
+    let map = ebpf.map(SEQ_MAP).ok_or(RxError::MissingMap(SEQ_MAP))?;
+    let arr: PerCpuArray<_, u32> =
+        PerCpuArray::try_from(map).map_err(|e| RxError::Map(SEQ_MAP, e))?;
+    let get = |i: u32| arr.get(&i, 0).map_err(|e| RxError::Map(SEQ_MAP, e));
+    let (lows, highs) = (get(SEQ_LOW)?, get(SEQ_HIGH)?);
+    // A CPU that dropped nothing still holds the empty range (MAX, 0).
+    let seq_range = lows
+        .iter()
+        .zip(highs.iter())
+        .filter(|(lo, hi)| lo <= hi)
+        .fold(None, |r: Option<(u32, u32)>, (&lo, &hi)| {
+            Some(r.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi))))
+        });
+    Ok(Filtered {
+        count: counter(ebpf, Counter::Unwanted)?,
+        seq_range,
+    })
+}
+
+/// One of the object's per-CPU counters, summed over CPUs.
+pub fn counter(ebpf: &Ebpf, c: Counter) -> Result<u64, RxError> {
+    let map = ebpf
+        .map(COUNTER_MAP)
+        .ok_or(RxError::MissingMap(COUNTER_MAP))?;
+    let arr: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+    let v = arr
+        .get(&(c as u32), 0)
+        .map_err(|e| RxError::Map(COUNTER_MAP, e))?;
+    Ok(v.iter().sum())
+}
+
+/// The `light_sock` socket filter attached to one socket, with its maps.
+pub struct SocketMessageFilter {
+    ebpf: Ebpf,
+    filter: MessageFilter,
+}
+
+impl SocketMessageFilter {
+    /// Loads the object and attaches its socket filter to `socket` (needs CAP_BPF or root).
+    pub fn attach(socket: impl AsFd) -> Result<Self, RxError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| RxError::Load(Box::new(e)))?;
+        let prog: &mut SocketFilter = ebpf
+            .program_mut("light_sock")
+            .ok_or(RxError::MissingMap("light_sock program"))?
+            .try_into()
+            .map_err(|e| RxError::Program(Box::new(e)))?;
+        prog.load().map_err(|e| RxError::Program(Box::new(e)))?;
+        prog.attach(socket)
+            .map_err(|e| RxError::Program(Box::new(e)))?;
+        Ok(Self {
+            ebpf,
+            filter: MessageFilter::default(),
+        })
+    }
+
+    /// See [`MessageFilter::set`].
+    pub fn set(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
+        self.filter.set(&mut self.ebpf, session, wanted)
+    }
+
+    /// See [`MessageFilter::clear`].
+    pub fn clear(&mut self) -> Result<(), RxError> {
+        self.filter.clear(&mut self.ebpf)
+    }
+
+    /// What the filter dropped so far.
+    pub fn dropped(&self) -> Result<Filtered, RxError> {
+        filtered(&self.ebpf)
+    }
+}
