@@ -558,7 +558,7 @@ pub const PROGRESS: Duration = Duration::from_secs(1);
 /// in order on a LAN, so once the marker is read the pass is over; this only lets the
 /// later copies of the marker pass (they are 2 ms apart). Was 300 ms per repair round.
 const NACK_QUIET: Duration = Duration::from_millis(50);
-/// How often the receive loop reads how many frames the XDP message filter dropped.
+/// How often the receive loop reads how many frames the kernel's message filter dropped.
 const FILTER_POLL: Duration = Duration::from_millis(10);
 /// Silence after which the receiver reports what it lacks even without an End marker.
 const NACK_IDLE: Duration = Duration::from_secs(2);
@@ -673,13 +673,14 @@ impl DataJob {
             return Err(SessionError::Protocol("receive path not open".into()));
         };
         let rx_path = rx.describe();
-        // Other receivers' messages (most of a coded pass) are dropped by the XDP program
-        // before their copy into the ring; the count it keeps feeds the loss estimate.
+        // Other receivers' messages (most of a coded pass) are dropped in the kernel (XDP
+        // program or socket filter) before they are copied; what it counts feeds the loss
+        // estimate.
         let filtered_base = rx.filtered().map(|f| f.count).unwrap_or(0);
         let filtering = match rx.filter_messages(self.session, &wanted) {
             Ok(on) => on,
             Err(e) => {
-                tracing::warn!(error = %e, "no XDP message filter: other receivers' messages reach user space");
+                tracing::warn!(error = %e, "no kernel message filter: other receivers' messages reach user space");
                 false
             }
         };
@@ -787,7 +788,7 @@ impl DataJob {
         if filtering {
             note_filtered(rx, &mut assembler);
             if let Err(e) = rx.unfilter() {
-                tracing::warn!(error = %e, "turning the XDP message filter off failed");
+                tracing::warn!(error = %e, "turning the message filter off failed");
             }
         }
         tracing::info!(

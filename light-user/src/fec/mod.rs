@@ -383,7 +383,7 @@ mod tests {
         let mut enc = FecEncoder::new(params).unwrap();
         let pkts = all_packets(params, &mut enc, 3, &data);
         let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
-        // Filtered first: the range they bring starts the span.
+        // Nothing filtered yet: no arrivals, no span.
         asm.note_filtered(0, None);
         assert_eq!(asm.stats().loss(), 0.0);
         // This message's 52 packets (seq 0..=51) arrive; of the 48 other messages' packets
