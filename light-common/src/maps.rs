@@ -16,14 +16,6 @@ pub const FILTER_SESSION: u32 = 1;
 /// Name of the hash map of the message indices this receiver wants (key: message index)
 /// while the filter is on; shards of the filtered session's other messages are dropped.
 pub const WANT_MAP: &str = "LIGHT_WANT";
-/// Name of the per-CPU array of the sequence range of the shards the filter dropped:
-/// [`SEQ_LOW`] the lowest, [`SEQ_HIGH`] the highest (user space resets them to
-/// `u32::MAX` and 0 when it turns the filter on). The loss estimate needs the span.
-pub const SEQ_MAP: &str = "LIGHT_FILTERED_SEQ";
-/// Index of the lowest dropped sequence number.
-pub const SEQ_LOW: u32 = 0;
-/// Index of the highest dropped sequence number.
-pub const SEQ_HIGH: u32 = 1;
 /// Capacity of the wanted-message map; a receiver wanting more runs without the filter.
 pub const MAX_WANTED: u32 = 16384;
 /// Capacity of the port map.

@@ -21,7 +21,6 @@ use light_common::{
     MAGIC, PacketKind,
     maps::{
         COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED,
-        SEQ_HIGH, SEQ_LOW,
     },
 };
 
@@ -36,9 +35,6 @@ static FILTER: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map(name = "LIGHT_WANT")]
 static WANT: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WANTED, 0);
-
-#[map(name = "LIGHT_FILTERED_SEQ")]
-static FILTERED_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "LIGHT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -182,8 +178,7 @@ fn filter_on() -> bool {
     FILTER.get(FILTER_ON).copied().unwrap_or(0) != 0
 }
 
-/// The filter's verdict on the first [`FILTER_HLEN`] bytes of a Light header; records the
-/// sequence number of what it drops.
+/// The filter's verdict on the first [`FILTER_HLEN`] bytes of a Light header.
 #[inline(always)]
 fn unwanted_header(h: *const u8) -> bool {
     let kind = at(h, 5);
@@ -195,19 +190,7 @@ fn unwanted_header(h: *const u8) -> bool {
     }
     let message = le32_at(h, 16);
     // SAFETY: the map holds plain u8 values; a shared read is fine.
-    if unsafe { WANT.get(&message) }.is_some() {
-        return false;
-    }
-    let seq = le32_at(h, 12);
-    if let Some(lo) = FILTERED_SEQ.get_ptr_mut(SEQ_LOW) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *lo = (*lo).min(seq) };
-    }
-    if let Some(hi) = FILTERED_SEQ.get_ptr_mut(SEQ_HIGH) {
-        // SAFETY: as above.
-        unsafe { *hi = (*hi).max(seq) };
-    }
-    true
+    unsafe { WANT.get(&message) }.is_none()
 }
 
 /// Socket filter for the socket receive path: the kernel drops unwanted shards before they

@@ -485,7 +485,7 @@ fn message_filter_on(path: RxPath) {
             } else {
                 rx.unfilter().unwrap();
             }
-            let before = rx.filtered().unwrap().count;
+            let before = rx.filtered().unwrap();
             ready_tx.send(()).unwrap();
             let mut got = Vec::new();
             let want = if filter { 202 } else { 402 };
@@ -498,11 +498,7 @@ fn message_filter_on(path: RxPath) {
             rx.recv_batch(Duration::from_millis(200), &mut |p| got.push(p.to_vec()))
                 .unwrap();
             let after = rx.filtered().unwrap();
-            if filter {
-                // Messages 0 and 2 are the even sequence numbers 0..=398.
-                assert_eq!(after.seq_range, Some((0, 398)), "{path:?}");
-            }
-            rounds.push((got, after.count - before));
+            rounds.push((got, after - before));
             if filter {
                 go_rx.recv_timeout(Duration::from_secs(20)).unwrap();
             }

@@ -314,6 +314,100 @@ fn wrong_token_is_refused() {
     assert!(run.server_ok, "{}", run.report);
 }
 
+/// A socket on `host` (a test host that takes no part in the session) that hears the
+/// session's multicast group and sends into it.
+fn injector_socket(host: &xtask::netns::Host) -> (std::net::UdpSocket, std::net::Ipv4Addr) {
+    xtask::netns::enter(&host.ns).unwrap();
+    let group = std::net::Ipv4Addr::new(239, 77, 0, 1);
+    let sock = std::net::UdpSocket::bind((group, 7700)).unwrap();
+    sock.join_multicast_v4(&group, &host.addr).unwrap();
+    sock.set_multicast_loop_v4(false).unwrap();
+    socket2::SockRef::from(&sock)
+        .set_multicast_if_v4(&host.addr)
+        .unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    (sock, group)
+}
+
+/// A host on the LAN keeps multicasting shards of the session for a message nobody wants
+/// (never MAC-checked: receivers drop them unread, or their kernel filter does) and
+/// replays of the latest End marker (authentic, but old news) at a steady trickle. Such
+/// traffic must not pass for the server's: the receiver that lost
+/// packets still asks for repair once the pass has ended, and every file verifies within
+/// a minute.
+#[test]
+fn unauthenticated_traffic_does_not_hold_back_repair() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    library(&dir.path().join("library"), 4);
+    let bed = Testbed::new(5, 1500).unwrap();
+    bed.set_loss(0, 7700, 50).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let injector = {
+        let (host, stop, sent) = (bed.receivers[4].clone(), stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let (sock, group) = injector_socket(&host);
+            sock.set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            let (mut buf, mut forged, mut end) = ([0u8; 2048], Vec::new(), Vec::new());
+            let mut sent_at = Instant::now();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                // The latest genuine shard, readdressed to a message no receiver wants, and
+                // the latest genuine End marker, replayed as is (its MAC holds).
+                if let Ok(n) = sock.recv(&mut buf)
+                    && let Ok((mut h, _)) = light_common::DataHeader::parse(&buf[..n])
+                {
+                    match h.packet_kind() {
+                        Some(light_common::PacketKind::Source) => {
+                            h.message = u32::MAX - 1;
+                            h.write_to(&mut buf).unwrap();
+                            forged = buf[..n].to_vec();
+                        }
+                        Some(light_common::PacketKind::End) => end = buf[..n].to_vec(),
+                        _ => {}
+                    }
+                }
+                if sent_at.elapsed() >= Duration::from_millis(5) {
+                    sent_at = Instant::now();
+                    for p in [&forged, &end] {
+                        if !p.is_empty() && sock.send_to(p, (group, 7700)).is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut s = spec(
+        dir.path(),
+        &["file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin"],
+        "25%",
+    );
+    s.rate = "2G".into();
+    let run = xtask::demo::spawn_session(&bed, &s)
+        .unwrap()
+        .wait(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    injector.join().unwrap();
+    let run = run.unwrap();
+    assert_all_identical(&run);
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 20, "the injector sent {sent}");
+    eprintln!("DEBUG {} {}", run.receivers[0].output, run.report);
+    let rep = report(&run);
+    assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
+}
+
 /// A host on the LAN copies real packets, replays them, corrupts them and multicasts them
 /// and random junk into the session: receivers drop forgeries by MAC and replays as
 /// duplicates, and every file still verifies. (Receivers check the MAC only of shards they
@@ -321,7 +415,6 @@ fn wrong_token_is_refused() {
 #[test]
 fn forged_and_replayed_packets_are_dropped() {
     use std::{
-        net::{Ipv4Addr, UdpSocket},
         sync::{
             Arc,
             atomic::{AtomicBool, AtomicU64, Ordering},
@@ -342,16 +435,7 @@ fn forged_and_replayed_packets_are_dropped() {
             replayed.clone(),
         );
         std::thread::spawn(move || {
-            xtask::netns::enter(&host.ns).unwrap();
-            let group = Ipv4Addr::new(239, 77, 0, 1);
-            let sock = UdpSocket::bind((group, 7700)).unwrap();
-            sock.join_multicast_v4(&group, &host.addr).unwrap();
-            sock.set_multicast_loop_v4(false).unwrap();
-            socket2::SockRef::from(&sock)
-                .set_multicast_if_v4(&host.addr)
-                .unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
+            let (sock, group) = injector_socket(&host);
             let mut buf = [0u8; 2048];
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {

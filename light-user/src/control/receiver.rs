@@ -676,7 +676,7 @@ impl DataJob {
         // Other receivers' messages (most of a coded pass) are dropped in the kernel (XDP
         // program or socket filter) before they are copied; what it counts feeds the loss
         // estimate.
-        let filtered_base = rx.filtered().map(|f| f.count).unwrap_or(0);
+        let filtered_base = rx.filtered().unwrap_or(0);
         let filtering = match rx.filter_messages(self.session, &wanted) {
             Ok(on) => on,
             Err(e) => {
@@ -687,8 +687,8 @@ impl DataJob {
         let mut filtered_noted = 0;
         let mut note_filtered = |rx: &Receiver, assembler: &mut Assembler| {
             if let Ok(f) = rx.filtered() {
-                let n = f.count.saturating_sub(filtered_base);
-                assembler.note_filtered(n.saturating_sub(filtered_noted), f.seq_range);
+                let n = f.saturating_sub(filtered_base);
+                assembler.note_filtered(n.saturating_sub(filtered_noted));
                 filtered_noted = filtered_noted.max(n);
             }
         };
@@ -699,6 +699,9 @@ impl DataJob {
         let mut idle_nacked = false;
         let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
         let mut last_packet = Instant::now();
+        // Last authenticated packet (a used shard or End marker): unauthenticated traffic
+        // must not hold back the repair request after a pass.
+        let mut last_trusted = Instant::now();
         let session = self.session;
         let key =
             match &self.announced.key {
@@ -710,20 +713,25 @@ impl DataJob {
         let mut auth_failed = 0u64;
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let before = assembler.stats().in_session;
+            let mut trusted = false;
             rx.recv_batch(Duration::from_millis(100), &mut |p| {
                 let end = DataHeader::parse(p).ok().filter(|(h, _)| {
                     h.packet_kind() == Some(PacketKind::End) && h.session == session
                 });
                 // Only packets that change something pay for their MAC: the End marker and
                 // shards the assembler will use. The rest (other receivers' messages,
-                // duplicates, late repair) only move counters, whoever sent them; a forger
-                // can skew the loss estimate that way, never the data.
-                if (end.is_some() || assembler.wants(p))
-                    && let Some(k) = &key
-                    && !k.verify(p)
-                {
-                    auth_failed += 1;
-                    return;
+                // duplicates, late repair) only count as arrivals, whoever sent them: a
+                // forger can make loss look lower that way, never stretch the loss span,
+                // hold back a repair request or change the data.
+                if end.is_some() || assembler.wants(p) {
+                    if let Some(k) = &key
+                        && !k.verify(p)
+                    {
+                        auth_failed += 1;
+                        return;
+                    }
+                    // A replayed End marker authenticates but is no news.
+                    trusted |= end.is_none_or(|(h, _)| last_end.is_none_or(|l| h.seq > l));
                 }
                 if let Some((h, _)) = end {
                     last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
@@ -744,6 +752,9 @@ impl DataJob {
                 assembler.recycle(buf);
             }
             let now = Instant::now();
+            if trusted {
+                last_trusted = now;
+            }
             // Only this round's packets count: a path kept open since an earlier content
             // (or opened early) may still hold packets of other rounds.
             if assembler.stats().in_session > before {
@@ -759,7 +770,7 @@ impl DataJob {
             // A pass ended (a newer End marker than the last one answered), or everything
             // went quiet with no End marker seen (all of them lost), and blocks are still
             // short: ask for repair parity.
-            let pass_ended = last_end != nacked_at && quiet > NACK_QUIET;
+            let pass_ended = last_end != nacked_at && now - last_trusted > NACK_QUIET;
             let went_quiet = quiet > NACK_IDLE && !idle_nacked;
             if (pass_ended || went_quiet) && !assembler.is_complete() {
                 nacked_at = last_end;

@@ -72,20 +72,20 @@ pub struct Stats {
     pub messages_complete: u64,
     /// Packets of this session, any kind (every one carries the next sequence number).
     pub in_session: u64,
-    /// Lowest sequence number seen in this session.
-    pub seq_low: u32,
-    /// Highest sequence number seen in this session.
-    pub seq_high: u32,
+    /// Highest sequence number of a packet the caller authenticated (a used shard or an
+    /// End marker of this session); unauthenticated ones cannot stretch the loss span.
+    pub seq_high: Option<u32>,
 }
 
 impl Stats {
-    /// Share of the session's packets sent while this receiver listened that never
-    /// arrived: the sequence span seen against the packets received (0 before any).
+    /// Share of the session's packets that never arrived: the span from the session's
+    /// first sequence number (0) to the highest authenticated one, against the packets
+    /// received (0 before any).
     pub fn loss(&self) -> f64 {
-        if self.in_session == 0 {
+        let Some(high) = self.seq_high else {
             return 0.0;
-        }
-        let span = u64::from(self.seq_high - self.seq_low) + 1;
+        };
+        let span = u64::from(high) + 1;
         // Replays and duplicates are not new packets.
         let got = self.in_session.saturating_sub(self.duplicate).min(span);
         1.0 - got as f64 / span as f64
@@ -138,9 +138,6 @@ pub struct Assembler {
     /// streamed block costs no fresh pages (a new 360 KB buffer is page-faulted and zeroed
     /// by the kernel, then unmapped again when the writer drops it).
     spare: Vec<Vec<u8>>,
-    /// Whether a packet of this session set the sequence range yet (filtered packets,
-    /// counted in `in_session` unseen, do not).
-    seq_seen: bool,
 }
 
 /// Most block buffers kept for reuse (the writer holds the others in flight).
@@ -194,7 +191,6 @@ impl Assembler {
             decoder: None,
             stats: Stats::default(),
             spare: Vec::new(),
-            seq_seen: false,
         })
     }
 
@@ -255,20 +251,12 @@ impl Assembler {
     }
 
     /// Counts `n` packets of this session that a filter below dropped, unseen, because
-    /// they carried messages not expected here, with the range of their sequence numbers:
-    /// they arrived (for the loss estimate) and were not used.
-    pub fn note_filtered(&mut self, n: u64, seq_range: Option<(u32, u32)>) {
+    /// they carried messages not expected here: they arrived (for the loss estimate) and
+    /// were not used.
+    pub fn note_filtered(&mut self, n: u64) {
         let st = &mut self.stats;
         st.in_session += n;
         st.unexpected_message += n;
-        if let Some((lo, hi)) = seq_range {
-            if self.seq_seen {
-                (st.seq_low, st.seq_high) = (st.seq_low.min(lo), st.seq_high.max(hi));
-            } else {
-                self.seq_seen = true;
-                (st.seq_low, st.seq_high) = (lo, hi);
-            }
-        }
     }
 
     /// True if [`Assembler::on_packet`] would use this packet (a wanted shard not held
@@ -313,24 +301,24 @@ impl Assembler {
         Ok(is_source)
     }
 
-    /// Takes one packet; returns an event when it completes a message.
+    /// Takes one packet; returns an event when it completes a message. The caller has
+    /// authenticated the packets that count: every one [`Assembler::wants`] and every End
+    /// marker (only their sequence numbers bound the loss span).
     pub fn on_packet(&mut self, packet: &[u8]) -> Option<Event> {
         self.stats.packets += 1;
         let Ok((h, payload)) = DataHeader::parse(packet) else {
             self.stats.malformed += 1;
             return None;
         };
+        let checked = self.check(&h, payload.len());
         if h.session == self.session {
             let st = &mut self.stats;
-            if !self.seq_seen {
-                self.seq_seen = true;
-                (st.seq_low, st.seq_high) = (h.seq, h.seq);
-            } else {
-                (st.seq_low, st.seq_high) = (st.seq_low.min(h.seq), st.seq_high.max(h.seq));
-            }
             st.in_session += 1;
+            if checked.is_ok() || h.packet_kind() == Some(PacketKind::End) {
+                st.seq_high = Some(st.seq_high.map_or(h.seq, |s| s.max(h.seq)));
+            }
         }
-        let is_source = match self.check(&h, payload.len()) {
+        let is_source = match checked {
             Ok(is_source) => is_source,
             Err(r) => {
                 let st = &mut self.stats;

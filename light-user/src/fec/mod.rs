@@ -350,6 +350,15 @@ mod tests {
         assert!(enc.repair_symbols(&data, 2, 0, 1).is_err());
     }
 
+    /// An End marker of session 9 carrying `seq`.
+    fn end_marker(seq: u32) -> Vec<u8> {
+        let mut h = DataHeader::new(PacketKind::End, 9);
+        h.seq = seq;
+        let mut v = vec![0u8; HEADER_LEN];
+        h.write_to(&mut v).unwrap();
+        v
+    }
+
     #[test]
     fn loss_is_measured_from_sequence_numbers() {
         let params = FecParams::new(64, 16, 4, 16).unwrap();
@@ -359,7 +368,8 @@ mod tests {
         assert_eq!(pkts.len(), 40 + 3 * 4);
         let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
         assert_eq!(asm.stats().loss(), 0.0);
-        // Every fourth packet lost, one received twice, one of another session.
+        // Every fourth packet lost, one received twice, one of another session, then the
+        // pass's End marker (seq 52).
         for (i, p) in pkts.iter().enumerate().filter(|(i, _)| i % 4 != 1) {
             asm.on_packet(p);
             if i == 0 {
@@ -369,38 +379,43 @@ mod tests {
         let mut foreign = pkts[1].clone();
         foreign[8..12].copy_from_slice(&77u32.to_le_bytes());
         asm.on_packet(&foreign);
+        asm.on_packet(&end_marker(52));
         let st = asm.stats();
-        assert_eq!((st.seq_low, st.seq_high, st.duplicate), (0, 51, 1));
+        assert_eq!((st.seq_high, st.duplicate), (Some(52), 1));
         assert_eq!(st.foreign_session, 1);
-        // Packets 1, 5, ..., 49 lost: 13 of 52.
-        assert!((st.loss() - 13.0 / 52.0).abs() < 1e-9, "{}", st.loss());
+        // Packets 1, 5, ..., 49 lost: 13 of 53.
+        assert!((st.loss() - 13.0 / 53.0).abs() < 1e-9, "{}", st.loss());
     }
 
     #[test]
-    fn filtered_packets_count_as_arrivals_over_their_sequence_range() {
+    fn only_authenticated_packets_bound_the_loss_span() {
         let params = FecParams::new(64, 16, 4, 16).unwrap();
         let data: Vec<u8> = (0..40 * 64).map(|i| (i * 7 % 251) as u8).collect();
         let mut enc = FecEncoder::new(params).unwrap();
         let pkts = all_packets(params, &mut enc, 3, &data);
         let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
-        // Nothing filtered yet: no arrivals, no span.
-        asm.note_filtered(0, None);
+        // Filtered arrivals alone, before any packet the receiver checked: no span, no loss.
+        asm.note_filtered(40);
         assert_eq!(asm.stats().loss(), 0.0);
+        // A shard of a message this receiver does not want (never MAC-checked) claiming a
+        // late sequence number stretches nothing.
+        let mut other = pkts[0].clone();
+        other[12..16].copy_from_slice(&5000u32.to_le_bytes());
+        other[16..20].copy_from_slice(&4u32.to_le_bytes());
+        asm.on_packet(&other);
+        assert_eq!(asm.stats().seq_high, None);
         // This message's 52 packets (seq 0..=51) arrive; of the 48 other messages' packets
-        // sent after them (seq 52..=99) a filter below dropped 40, 8 never arrived.
+        // sent after them (seq 52..=99) the filter dropped 40 (noted above), 8 never
+        // arrived; the End marker (seq 100) bounds the span.
         for p in &pkts {
             asm.on_packet(p);
         }
-        asm.note_filtered(40, Some((53, 99)));
+        asm.on_packet(&end_marker(100));
         let st = asm.stats();
-        assert_eq!((st.seq_low, st.seq_high, st.in_session), (0, 99, 92));
-        assert_eq!(st.unexpected_message, 40);
-        assert!((st.loss() - 8.0 / 100.0).abs() < 1e-9, "{}", st.loss());
-        // Before any packet of its own, the filter's range alone sets the span.
-        let mut late = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
-        late.note_filtered(10, Some((100, 109)));
-        late.on_packet(&pkts[0]);
-        assert_eq!((late.stats().seq_low, late.stats().seq_high), (0, 109));
+        assert_eq!((st.seq_high, st.in_session), (Some(100), 94));
+        assert_eq!(st.unexpected_message, 41);
+        // 94 arrivals (one forged) over 101 sequence numbers.
+        assert!((st.loss() - 7.0 / 101.0).abs() < 1e-9, "{}", st.loss());
     }
 
     #[test]

@@ -5,15 +5,13 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::PerCpuValues;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, PerCpuArray},
     programs::SocketFilter,
 };
 use light_common::maps::{
-    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, SEQ_HIGH, SEQ_LOW,
-    SEQ_MAP, WANT_MAP,
+    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, WANT_MAP,
 };
 
 use super::{RxError, xdp::EBPF_OBJECT};
@@ -44,9 +42,6 @@ impl MessageFilter {
                 self.wanted.push(m);
             }
         }
-        // An empty range: the first dropped shard sets both ends.
-        set_per_cpu(ebpf, SEQ_LOW, u32::MAX)?;
-        set_per_cpu(ebpf, SEQ_HIGH, 0)?;
         // The session first: the filter must never be on with another session's id.
         set_word(ebpf, FILTER_SESSION, session)?;
         set_word(ebpf, FILTER_ON, 1)?;
@@ -78,45 +73,10 @@ fn set_word(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), RxError> {
         .map_err(|e| RxError::Map(FILTER_MAP, e))
 }
 
-fn set_per_cpu(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), RxError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| RxError::Cpus(e))?;
-    let map = ebpf.map_mut(SEQ_MAP).ok_or(RxError::MissingMap(SEQ_MAP))?;
-    let mut arr: PerCpuArray<_, u32> =
-        PerCpuArray::try_from(map).map_err(|e| RxError::Map(SEQ_MAP, e))?;
-    let values = PerCpuValues::try_from(vec![value; cpus]).map_err(RxError::Cpus)?;
-    arr.set(index, values, 0)
-        .map_err(|e| RxError::Map(SEQ_MAP, e))
-}
-
-/// What the filter dropped: how many shards since the object was loaded, and the range of
-/// their sequence numbers since the filter was last turned on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Filtered {
-    /// Shards dropped (a running count: take differences).
-    pub count: u64,
-    /// Lowest and highest sequence number dropped, if any was.
-    pub seq_range: Option<(u32, u32)>,
-}
-
-/// What the object's filter dropped so far.
-pub fn filtered(ebpf: &Ebpf) -> Result<Filtered, RxError> {
-    let map = ebpf.map(SEQ_MAP).ok_or(RxError::MissingMap(SEQ_MAP))?;
-    let arr: PerCpuArray<_, u32> =
-        PerCpuArray::try_from(map).map_err(|e| RxError::Map(SEQ_MAP, e))?;
-    let get = |i: u32| arr.get(&i, 0).map_err(|e| RxError::Map(SEQ_MAP, e));
-    let (lows, highs) = (get(SEQ_LOW)?, get(SEQ_HIGH)?);
-    // A CPU that dropped nothing still holds the empty range (MAX, 0).
-    let seq_range = lows
-        .iter()
-        .zip(highs.iter())
-        .filter(|(lo, hi)| lo <= hi)
-        .fold(None, |r: Option<(u32, u32)>, (&lo, &hi)| {
-            Some(r.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi))))
-        });
-    Ok(Filtered {
-        count: counter(ebpf, Counter::Unwanted)?,
-        seq_range,
-    })
+/// Shards the object's filter dropped since it was loaded (a running count: take
+/// differences).
+pub fn filtered(ebpf: &Ebpf) -> Result<u64, RxError> {
+    counter(ebpf, Counter::Unwanted)
 }
 
 /// One of the object's per-CPU counters, summed over CPUs.
@@ -166,8 +126,8 @@ impl SocketMessageFilter {
         self.filter.clear(&mut self.ebpf)
     }
 
-    /// What the filter dropped so far.
-    pub fn dropped(&self) -> Result<Filtered, RxError> {
+    /// Shards the filter dropped so far.
+    pub fn dropped(&self) -> Result<u64, RxError> {
         filtered(&self.ebpf)
     }
 }

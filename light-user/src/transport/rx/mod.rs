@@ -172,8 +172,8 @@ impl Receiver {
         }
     }
 
-    /// What the message filter has dropped since the path opened.
-    pub fn filtered(&self) -> Result<filter::Filtered, RxError> {
+    /// Shards the message filter has dropped since the path opened.
+    pub fn filtered(&self) -> Result<u64, RxError> {
         match self {
             Receiver::Xdp(x) => x.program().filtered(),
             Receiver::Socket(s) => s.filtered(),

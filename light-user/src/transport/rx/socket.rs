@@ -10,10 +10,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{
-    RxError, RxStats,
-    filter::{Filtered, SocketMessageFilter},
-};
+use super::{RxError, RxStats, filter::SocketMessageFilter};
 
 /// Datagrams read per `recvmmsg` call.
 pub const BATCH: usize = 64;
@@ -116,11 +113,11 @@ impl SocketRx {
             .map_or(Ok(()), SocketMessageFilter::clear)
     }
 
-    /// What the message filter dropped so far.
-    pub fn filtered(&self) -> Result<Filtered, RxError> {
+    /// Shards the message filter dropped so far.
+    pub fn filtered(&self) -> Result<u64, RxError> {
         self.filter
             .as_ref()
-            .map_or(Ok(Filtered::default()), SocketMessageFilter::dropped)
+            .map_or(Ok(0), SocketMessageFilter::dropped)
     }
 
     /// Counters so far.

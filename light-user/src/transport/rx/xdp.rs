@@ -139,8 +139,8 @@ impl XdpProgram {
         filter::counter(&self.ebpf, c)
     }
 
-    /// What the message filter dropped so far.
-    pub fn filtered(&self) -> Result<filter::Filtered, RxError> {
+    /// Shards the message filter dropped so far.
+    pub fn filtered(&self) -> Result<u64, RxError> {
         filter::filtered(&self.ebpf)
     }
 
