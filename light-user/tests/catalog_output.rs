@@ -338,6 +338,59 @@ fn a_packed_file_travels_to_an_output_file() {
     assert_eq!(fs::read(f.finish().unwrap()).unwrap(), bytes);
 }
 
+/// Writes a file of `len` bytes as pieces of 1..=`max_piece` bytes, with duplicates and
+/// overlaps, in a shuffled order, interrupted and resumed at `interrupt_at`; checks the
+/// result and returns the bytes the resumed writer wrote past the page cache.
+fn reassemble(
+    len: usize,
+    chunk_size: u32,
+    seed: u64,
+    interrupt_at: f64,
+    max_piece: usize,
+) -> Result<u64, TestCaseError> {
+    let bytes = data(len, seed);
+    let m = manifest("p/q.bin", chunk_size, &bytes);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut pieces = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let n = rng.random_range(1..=max_piece).min(len - pos);
+        pieces.push((pos, pos + n));
+        pos += n;
+    }
+    // Some retransmitted duplicates and overlapping pieces.
+    for _ in 0..pieces.len() / 4 {
+        let s = rng.random_range(0..len);
+        pieces.push((s, len.min(s + rng.random_range(1..max_piece / 2 + 2))));
+    }
+    pieces.shuffle(&mut rng);
+    let cut = (pieces.len() as f64 * interrupt_at) as usize;
+
+    let out = tempfile::tempdir().unwrap();
+    let before = {
+        let mut f = OutputFile::create(out.path(), m.clone()).unwrap();
+        for &(s, e) in &pieces[..cut] {
+            f.write_at(s as u64, &bytes[s..e]).unwrap();
+        }
+        f.verified_count()
+    };
+    let (mut f, resumed) = OutputFile::open_or_resume(out.path(), m.clone()).unwrap();
+    prop_assert_eq!(resumed.verified.len() as u64, before);
+    prop_assert!(resumed.rejected.is_empty());
+    // Bytes of incomplete chunks were forgotten at the interruption: send everything
+    // not verified again, in the same shuffled order.
+    for &(s, e) in &pieces {
+        f.write_at(s as u64, &bytes[s..e]).unwrap();
+    }
+    prop_assert!(f.is_complete());
+    prop_assert_eq!(f.verified_count(), m.chunk_count());
+    let direct = f.direct_bytes();
+    let p = f.finish().unwrap();
+    prop_assert_eq!(fs::read(p).unwrap(), bytes);
+    prop_assert!(!partial(out.path(), "p/q.bin").exists());
+    Ok(direct)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -350,46 +403,33 @@ proptest! {
         seed in any::<u64>(),
         interrupt_at in 0.0f64..1.0,
     ) {
-        let bytes = data(len, seed);
-        let m = manifest("p/q.bin", chunk_size, &bytes);
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-        let mut pieces = Vec::new();
-        let mut pos = 0;
-        while pos < len {
-            let n = rng.random_range(1..=700).min(len - pos);
-            pieces.push((pos, pos + n));
-            pos += n;
-        }
-        // Some retransmitted duplicates and overlapping pieces.
-        for _ in 0..pieces.len() / 4 {
-            let s = rng.random_range(0..len);
-            pieces.push((s, len.min(s + rng.random_range(1..300))));
-        }
-        pieces.shuffle(&mut rng);
-        let cut = (pieces.len() as f64 * interrupt_at) as usize;
-
-        let out = tempfile::tempdir().unwrap();
-        let before = {
-            let mut f = OutputFile::create(out.path(), m.clone()).unwrap();
-            for &(s, e) in &pieces[..cut] {
-                f.write_at(s as u64, &bytes[s..e]).unwrap();
-            }
-            f.verified_count()
-        };
-        let (mut f, resumed) = OutputFile::open_or_resume(out.path(), m.clone()).unwrap();
-        prop_assert_eq!(resumed.verified.len() as u64, before);
-        prop_assert!(resumed.rejected.is_empty());
-        // Bytes of incomplete chunks were forgotten at the interruption: send everything
-        // not verified again, in the same shuffled order.
-        for &(s, e) in &pieces {
-            f.write_at(s as u64, &bytes[s..e]).unwrap();
-        }
-        prop_assert!(f.is_complete());
-        prop_assert_eq!(f.verified_count(), m.chunk_count());
-        let p = f.finish().unwrap();
-        prop_assert_eq!(fs::read(p).unwrap(), bytes);
-        prop_assert!(!partial(out.path(), "p/q.bin").exists());
+        reassemble(len, chunk_size, seed, interrupt_at, 700)?;
     }
+
+    /// The same with pieces of many pages, whose whole pages go past the page cache
+    /// (`O_DIRECT`) and whose ragged ends through it.
+    #[test]
+    fn large_pieces_reassemble(
+        len in 0usize..400_000,
+        chunk_size in 1u32..200_000,
+        seed in any::<u64>(),
+        interrupt_at in 0.0f64..1.0,
+    ) {
+        reassemble(len, chunk_size, seed, interrupt_at, 60_000)?;
+    }
+}
+
+/// Block-sized, page-aligned pieces out of order are written entirely past the page cache
+/// (the test directory's file system takes `O_DIRECT`, as ext4, xfs and tmpfs do).
+#[test]
+fn aligned_pieces_are_written_directly() {
+    let out = tempfile::tempdir().unwrap();
+    let bytes = data(1 << 20, 3);
+    let mut f = OutputFile::create(out.path(), manifest("d", 1 << 18, &bytes)).unwrap();
+    let order: Vec<usize> = (0..16).rev().collect();
+    assert_eq!(write_pieces(&mut f, &bytes, 1 << 16, &order), 4);
+    assert_eq!(f.direct_bytes(), 1 << 20);
+    assert_eq!(fs::read(f.finish().unwrap()).unwrap(), bytes);
 }
 
 /// Pieces hashed as they stream in never vouch for bytes the file does not hold: a piece

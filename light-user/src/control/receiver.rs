@@ -837,8 +837,9 @@ impl DataJob {
                 stats.decode_errors,
             )));
         }
+        let direct_bytes = out.direct_bytes();
         let path = out.finish()?;
-        tracing::info!("file synced and renamed");
+        tracing::info!(direct_bytes, "file synced and renamed");
         let decoded = decoded.load(Ordering::Relaxed);
         Ok(ReceiveSummary {
             receiver: 0,
