@@ -14,7 +14,7 @@ use light_common::maps::{
     COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, WANT_MAP,
 };
 
-use super::{RxError, xdp::EBPF_OBJECT};
+use super::{RxError, xdp::load_object};
 
 /// The filter's state in user space: which messages it put in the wanted-message map.
 #[derive(Debug, Default)]
@@ -101,7 +101,7 @@ pub struct SocketMessageFilter {
 impl SocketMessageFilter {
     /// Loads the object and attaches its socket filter to `socket` (needs CAP_BPF or root).
     pub fn attach(socket: impl AsFd) -> Result<Self, RxError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| RxError::Load(Box::new(e)))?;
+        let mut ebpf = load_object()?;
         let prog: &mut SocketFilter = ebpf
             .program_mut("light_sock")
             .ok_or(RxError::MissingMap("light_sock program"))?
