@@ -1,7 +1,15 @@
 //! End-to-end sessions on network namespaces with the real `light` binary: a server and
 //! receivers on a bridge, real XDP (or socket) receive, real files. Needs root (CI is root).
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use xtask::{
     demo::{SessionRun, SessionSpec, fill_file, run_session},
@@ -325,7 +333,7 @@ fn injector_socket(host: &xtask::netns::Host) -> (std::net::UdpSocket, std::net:
     socket2::SockRef::from(&sock)
         .set_multicast_if_v4(&host.addr)
         .unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     (sock, group)
 }
@@ -333,18 +341,10 @@ fn injector_socket(host: &xtask::netns::Host) -> (std::net::UdpSocket, std::net:
 /// A host on the LAN keeps multicasting shards of the session for a message nobody wants
 /// (never MAC-checked: receivers drop them unread, or their kernel filter does) and
 /// replays of the latest End marker (authentic, but old news) at a steady trickle. Such
-/// traffic must not pass for the server's: the receiver that lost
-/// packets still asks for repair once the pass has ended, and every file verifies within
-/// a minute.
+/// traffic must not pass for the server's: the receiver that lost packets still asks for
+/// repair once the pass has ended, and every file verifies within a minute.
 #[test]
 fn unauthenticated_traffic_does_not_hold_back_repair() {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicBool, AtomicU64, Ordering},
-        },
-        time::{Duration, Instant},
-    };
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     library(&dir.path().join("library"), 4);
@@ -414,13 +414,6 @@ fn unauthenticated_traffic_does_not_hold_back_repair() {
 /// would use, so the forgeries aim at the next block, not yet received.)
 #[test]
 fn forged_and_replayed_packets_are_dropped() {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicBool, AtomicU64, Ordering},
-        },
-        time::{Duration, Instant},
-    };
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     library(&dir.path().join("library"), 4);
