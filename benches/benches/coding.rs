@@ -101,6 +101,27 @@ fn reed_solomon(c: &mut Criterion) {
             })
         });
     }
+    // The first pass encodes every block with the repair ceiling as recovery count: the
+    // old ceiling k = 256 against the one `for_loss` picks, jumbo-frame symbols.
+    let jumbo = 8800;
+    let chosen = FecParams::for_loss(0.01, jumbo).unwrap();
+    let k = usize::from(chosen.source_per_block);
+    let msg = bytes(4 * k * jumbo, 11);
+    g.throughput(Throughput::Bytes(msg.len() as u64));
+    let old = FecParams::new(jumbo, chosen.source_per_block, chosen.parity_per_block, 256);
+    for params in [old.unwrap(), chosen] {
+        let label = format!("ceiling{}", params.max_parity_per_block);
+        let mut enc = FecEncoder::new(params).unwrap();
+        let mut buf = vec![0u8; HEADER_LEN + jumbo];
+        g.bench_function(BenchmarkId::new("encode_ceiling", &label), |b| {
+            b.iter(|| {
+                let mut p = Packetizer::first_pass(&mut enc, 1, 0, &msg, 0).unwrap();
+                while let Some(n) = p.next_into(&mut buf).unwrap() {
+                    black_box(&buf[..n]);
+                }
+            })
+        });
+    }
     g.finish();
 }
 

@@ -77,6 +77,8 @@ pub struct FecParams {
 
 /// Source symbols per block chosen by [`FecParams::for_loss`].
 pub const DEFAULT_SOURCE_PER_BLOCK: u16 = 256;
+/// Fewest parity shards a block can be repaired with ([`FecParams::for_loss`]).
+const MIN_REPAIR_CEILING: u16 = 64;
 
 impl FecParams {
     /// Validated parameters.
@@ -101,8 +103,11 @@ impl FecParams {
     /// Rule: `k = 256` source symbols; `r` is the smallest parity count such that
     /// `r >= n·p + 3·sqrt(n·p·(1-p)) + 1` with `n = k + r` (the block survives a loss count
     /// three standard deviations above the mean, plus one), at least 1. The repair ceiling
-    /// is `max(r, k)`: a block can be repaired up to rate 1/2, for receivers that lose
-    /// bursts (a full ring) rather than the expected random loss.
+    /// is `4·r`, at least 64 and at most `k` (never below `r`): repair parity covers a block
+    /// that lost a quarter of its shards, and a block that lost more (a burst) gets its
+    /// sources again. Every block is encoded with the ceiling as its recovery count, so it
+    /// is what the first pass pays for: packetizing k = 256 blocks of 8800-byte symbols runs
+    /// at 1.9 GiB/s with ceiling 256 and 4.0 GiB/s with 64 (`reed_solomon/encode_ceiling`).
     ///
     /// Why 256: reed-solomon-simd's decode has a fixed cost of about 0.4 ms per block (the
     /// error locator over GF(2^16)), so k = 64 decodes at ~200 MB/s and k = 256 at ~560 MB/s
@@ -126,7 +131,8 @@ impl FecParams {
                     "loss rate too high for Reed–Solomon",
                 ))?;
         }
-        Self::new(symbol_size, k, r, r.max(k))
+        let ceiling = r.saturating_mul(4).max(MIN_REPAIR_CEILING).min(k).max(r);
+        Self::new(symbol_size, k, r, ceiling)
     }
 
     fn validate(&self) -> Result<(), FecError> {
@@ -277,6 +283,13 @@ mod tests {
         // Enough to cover mean loss plus three sigma.
         let n = f64::from(256 + p10.parity_per_block);
         assert!(f64::from(p10.parity_per_block) >= n * 0.1 + 3.0 * (n * 0.09).sqrt());
+        // The repair ceiling: 4·r within 64..=k, never below r.
+        assert_eq!(p1.max_parity_per_block, 64);
+        assert_eq!(p5.max_parity_per_block, 4 * p5.parity_per_block);
+        assert_eq!(FecParams::for_loss(0.2, 1200).unwrap().max_parity_per_block, 256);
+        let p60 = FecParams::for_loss(0.6, 1200).unwrap();
+        assert!(p60.parity_per_block > 256);
+        assert_eq!(p60.max_parity_per_block, p60.parity_per_block);
         assert!(FecParams::for_loss(1.0, 1200).is_err());
         assert!(FecParams::for_loss(0.01, 1201).is_err());
         assert!(FecParams::new(1200, 64, 65, 64).is_err());
