@@ -499,6 +499,7 @@ fn one_rep(
         rep.wire = after.since(before).into();
         let m = run?;
         rep.wall_s = m.wall_s;
+        rep.writeback_s = m.writeback_s;
         rep.sender_cpu_s = m.sender_cpu_s;
         rep.receivers_cpu_s = m.receivers_cpu_s;
         rep.delivery_s = m

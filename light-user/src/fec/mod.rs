@@ -286,7 +286,10 @@ mod tests {
         // The repair ceiling: 4·r within 64..=k, never below r.
         assert_eq!(p1.max_parity_per_block, 64);
         assert_eq!(p5.max_parity_per_block, 4 * p5.parity_per_block);
-        assert_eq!(FecParams::for_loss(0.2, 1200).unwrap().max_parity_per_block, 256);
+        assert_eq!(
+            FecParams::for_loss(0.2, 1200).unwrap().max_parity_per_block,
+            256
+        );
         let p60 = FecParams::for_loss(0.6, 1200).unwrap();
         assert!(p60.parity_per_block > 256);
         assert_eq!(p60.max_parity_per_block, p60.parity_per_block);

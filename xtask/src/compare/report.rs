@@ -39,6 +39,8 @@ pub struct Rep {
     pub error: Option<String>,
     /// Seconds to the last receiver done.
     pub wall_s: f64,
+    /// Seconds a `sync` right after the run took (writeback the tool left behind).
+    pub writeback_s: f64,
     /// File bytes per receiver over wall time, in Mbit/s.
     pub goodput_mbit_s: f64,
     /// Bridge byte counters over the run.
@@ -62,6 +64,8 @@ pub struct Rep {
 pub struct Median {
     /// Seconds to the last receiver done.
     pub wall_s: f64,
+    /// Seconds until every copy is on disk: wall time plus the writeback left behind.
+    pub on_disk_s: f64,
     /// Goodput per receiver, Mbit/s.
     pub goodput_mbit_s: f64,
     /// Light's delivery phase, seconds.
@@ -118,6 +122,7 @@ impl Row {
         let m = |f: &dyn Fn(&Rep) -> f64| median(ok.iter().map(|r| f(r)).collect());
         self.median = m(&|r| r.wall_s).map(|wall_s| Median {
             wall_s,
+            on_disk_s: m(&|r| r.wall_s + r.writeback_s).unwrap_or(0.0),
             goodput_mbit_s: m(&|r| r.goodput_mbit_s).unwrap_or(0.0),
             delivery_s: median(ok.iter().filter_map(|r| r.delivery_s).collect()),
             from_server: m(&|r| r.wire.from_server as f64).unwrap_or(0.0),
@@ -145,10 +150,10 @@ impl Row {
 /// The Markdown table of all rows.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| scenario | MTU | K | tool | verified | wall s | goodput Mbit/s per receiver | \
-         Light delivery s | server sent MB | receivers sent MB | sender CPU s | \
+        "| scenario | MTU | K | tool | verified | wall s | on disk s | goodput Mbit/s per \
+         receiver | Light delivery s | server sent MB | receivers sent MB | sender CPU s | \
          receivers CPU s | loss drops |\n\
-         |---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         |---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let status = match r.runs.iter().find_map(|x| x.error.as_deref()) {
@@ -163,8 +168,9 @@ pub fn markdown(rows: &[Row]) -> String {
         let drops = median(r.runs.iter().map(|x| x.loss_drops as f64).collect()).unwrap_or(0.0);
         let cells = match r.median {
             Some(m) => format!(
-                "{:.2} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {drops:.0}",
+                "{:.2} | {:.2} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {drops:.0}",
                 m.wall_s,
+                m.on_disk_s,
                 m.goodput_mbit_s,
                 m.delivery_s.map_or("–".to_owned(), |d| format!("{d:.2}")),
                 m.from_server / 1e6,
@@ -172,7 +178,7 @@ pub fn markdown(rows: &[Row]) -> String {
                 m.sender_cpu_s,
                 m.receivers_cpu_s
             ),
-            None => "– | – | – | – | – | – | – | –".to_owned(),
+            None => "– | – | – | – | – | – | – | – | –".to_owned(),
         };
         s += &format!(
             "| {} | {} | {} | {} | {status} | {cells} |\n",
@@ -278,6 +284,27 @@ fn targets(rows: &[Row]) -> String {
                     "≥ 1.5"
                 };
                 line(format!("{label} goodput / {name}"), p / light, target);
+                // The same to the point where every copy is on disk: Light's receivers
+                // fsync, the peers leave writeback behind.
+                let on_disk = |tool: &str, variant: &str| {
+                    group
+                        .iter()
+                        .find(|r| r.tool == tool && r.variant == variant)
+                        .and_then(|r| r.median)
+                        .map(|m| m.on_disk_s)
+                };
+                let peer_on_disk = group
+                    .iter()
+                    .filter(|r| r.tool == "udpcast" || r.tool == "uftp")
+                    .filter_map(|r| r.median.map(|m| (m.on_disk_s, r.label())))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                if let (Some(l), Some((p, name))) = (on_disk("light", v), peer_on_disk) {
+                    line(
+                        format!("{label} goodput to disk / {name}"),
+                        p / l,
+                        "(durable copies)",
+                    );
+                }
             }
             if let Some(socket) = wall("light-noxdp", v) {
                 line(
@@ -425,7 +452,13 @@ mod tests {
             at("same", "light-noxdp", "", 3.0),
             at("same", "udpcast", "", 8.0),
             at("same", "uftp", "1000 Mbit/s", 6.0),
-            at("same", "uftp", "max rate", 5.0),
+            {
+                // Fastest to exit, but it leaves 1.5 s of writeback behind.
+                let mut r = at("same", "uftp", "max rate", 5.0);
+                r.runs[0].writeback_s = 1.5;
+                r.summarize();
+                r
+            },
             at("cached", "light", "0% (t=0)", 10.0),
             at("cached", "light", "25% (t=1)", 4.0),
             at("cached", "uftp", "", 20.0),
@@ -433,6 +466,10 @@ mod tests {
         let md = markdown(&rows);
         assert!(
             md.contains("| same | 1500 | 4 | light goodput / uftp max rate | 2.50 | ≥ 1.5 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| light goodput to disk / uftp 1000 Mbit/s | 3.00 | (durable copies) |"),
             "{md}"
         );
         assert!(

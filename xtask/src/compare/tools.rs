@@ -106,6 +106,10 @@ pub struct Measured {
     pub copies: Vec<PathBuf>,
     /// Light's server report (its JSON stdout), if any.
     pub report: Option<serde_json::Value>,
+    /// Seconds a `sync` took right after the transfer: the writeback the tool left behind
+    /// (Light's receivers fsync before they exit; the peers leave their files to the page
+    /// cache).
+    pub writeback_s: f64,
 }
 
 /// The name of library file `i`.
@@ -139,6 +143,15 @@ pub fn run(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     fs::create_dir_all(job.dir.join("logs"))?;
+    let mut m = transfer(tool, job, s)?;
+    let t = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::sync() };
+    m.writeback_s = t.elapsed().as_secs_f64();
+    Ok(m)
+}
+
+fn transfer(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
     match tool {
         Tool::Light { cache, no_xdp } => light(job, s, cache, *no_xdp),
         Tool::Udpcast | Tool::Uftp { .. } => {
@@ -152,6 +165,7 @@ pub fn run(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
                 receivers_cpu_s: 0.0,
                 copies: vec![PathBuf::new(); job.demands.len()],
                 report: None,
+                writeback_s: 0.0,
             };
             for f in files {
                 let who: Vec<usize> = (0..job.demands.len())
@@ -440,5 +454,6 @@ fn finish(
         receivers_cpu_s: cpu[1..].iter().sum(),
         copies,
         report: None,
+        writeback_s: 0.0,
     })
 }
