@@ -214,20 +214,24 @@ fn targets(rows: &[Row]) -> String {
             .iter()
             .filter(|r| r.scenario == scenario && r.mtu == mtu && r.k == k)
             .collect();
-        let wall = |tool: &str, variant: &str| {
+        let time = |tool: &str, variant: &str, of: fn(&Median) -> f64| {
             group
                 .iter()
                 .find(|r| r.tool == tool && r.variant == variant)
                 .and_then(|r| r.median)
-                .map(|m| m.wall_s)
+                .map(|m| of(&m))
         };
+        let wall = |tool: &str, variant: &str| time(tool, variant, |m| m.wall_s);
         // The better peer at the settings that served it best in this run (UFTP runs once
         // per rate tried).
-        let peer = group
-            .iter()
-            .filter(|r| r.tool == "udpcast" || r.tool == "uftp")
-            .filter_map(|r| r.median.map(|m| (m.wall_s, r.label())))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let best_peer = |of: fn(&Median) -> f64| {
+            group
+                .iter()
+                .filter(|r| r.tool == "udpcast" || r.tool == "uftp")
+                .filter_map(|r| r.median.map(|m| (of(&m), r.label())))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+        };
+        let peer = best_peer(|m| m.wall_s);
         let mut line = |what: String, v: f64, target: &str| {
             s += &format!("| {scenario} | {mtu} | {k} | {what} | {v:.2} | {target} |\n");
         };
@@ -286,19 +290,9 @@ fn targets(rows: &[Row]) -> String {
                 line(format!("{label} goodput / {name}"), p / light, target);
                 // The same to the point where every copy is on disk: Light's receivers
                 // fsync, the peers leave writeback behind.
-                let on_disk = |tool: &str, variant: &str| {
-                    group
-                        .iter()
-                        .find(|r| r.tool == tool && r.variant == variant)
-                        .and_then(|r| r.median)
-                        .map(|m| m.on_disk_s)
-                };
-                let peer_on_disk = group
-                    .iter()
-                    .filter(|r| r.tool == "udpcast" || r.tool == "uftp")
-                    .filter_map(|r| r.median.map(|m| (m.on_disk_s, r.label())))
-                    .min_by(|a, b| a.0.total_cmp(&b.0));
-                if let (Some(l), Some((p, name))) = (on_disk("light", v), peer_on_disk) {
+                let on_disk = |m: &Median| m.on_disk_s;
+                if let (Some(l), Some((p, name))) = (time("light", v, on_disk), best_peer(on_disk))
+                {
                     line(
                         format!("{label} goodput to disk / {name}"),
                         p / l,
