@@ -24,7 +24,7 @@ use super::{
 use crate::{
     catalog::{CatalogError, Manifest, OutputFile, verify_manifest},
     coding::{Decoder, plan},
-    fec::{Assembler, Event, FecParams},
+    fec::{Assembler, BlockDecoder, Event, FecParams, Restore},
     transport::{
         mac::PacketKey,
         rx::{Receiver, RxConfig, RxPath},
@@ -608,7 +608,7 @@ impl DataJob {
         }
         (self.progress)(&content, from_cache, size);
 
-        // Decoding and writing run on their own thread, so a completed message (up to a
+        // XOR decoding and writing run on their own thread, so a completed message (up to a
         // subfile long) never stalls the ring the packets arrive on.
         let decoded = Arc::new(AtomicU64::new(0));
         let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Event>();
@@ -621,31 +621,35 @@ impl DataJob {
                 .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
                     let cache = cache.as_ref().as_ref();
                     for event in msg_rx {
-                        let streamed = matches!(event, Event::Piece { .. });
-                        let pieces = match event {
+                        let (message, offset, bytes, last) = match event {
                             Event::MessageComplete { message, bytes } => {
-                                decoder.take_message(message, bytes, cache)?
+                                // Whole messages are not kept: they can be a file long.
+                                for r in decoder.take_message(message, bytes, cache)? {
+                                    out.write_at(r.offset, &r.data)?;
+                                    decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                                }
+                                continue;
                             }
                             Event::Piece {
                                 message,
                                 offset,
                                 bytes,
                                 last,
-                            } => {
-                                let p = decoder.take_piece(message, offset, bytes, cache)?;
-                                if last {
-                                    decoder.streamed(message)?;
-                                }
-                                p
+                            } => (message, offset, bytes, last),
+                            Event::Restore(r) => {
+                                return Err(SessionError::Protocol(format!(
+                                    "block at {} of message {} reached the writer undecoded",
+                                    r.offset, r.message
+                                )));
                             }
                         };
-                        for r in pieces {
+                        for r in decoder.take_piece(message, offset, bytes, cache)? {
                             out.write_at(r.offset, &r.data)?;
                             decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
-                            // Whole messages are not kept: they can be a file long.
-                            if streamed {
-                                let _ = spare_tx.send(r.data);
-                            }
+                            let _ = spare_tx.send(r.data);
+                        }
+                        if last {
+                            decoder.streamed(message)?;
                         }
                     }
                     Ok((out, decoder))
@@ -653,6 +657,35 @@ impl DataJob {
                 .map_err(|source| SessionError::Io {
                     op: "spawn writer thread",
                     path: "light-write".into(),
+                    source,
+                })?
+        };
+        // Parity decodes (milliseconds per block) get a thread of their own: inline they let
+        // the socket overflow behind the receive loop, and on the writer's thread they queue
+        // behind its hashing and writing.
+        let (restore_tx, restore_rx) = std::sync::mpsc::channel::<Restore>();
+        let restorer = {
+            let msg_tx = msg_tx.clone();
+            std::thread::Builder::new()
+                .name("light-decode".into())
+                .spawn(move || -> Result<(), SessionError> {
+                    let mut rs = BlockDecoder::default();
+                    for r in restore_rx {
+                        let (message, offset, last) = (r.message, r.offset, r.last);
+                        let bytes = r.run(&mut rs)?;
+                        // The writer only stops early on an error, which join() reports.
+                        let _ = msg_tx.send(Event::Piece {
+                            message,
+                            offset,
+                            bytes,
+                            last,
+                        });
+                    }
+                    Ok(())
+                })
+                .map_err(|source| SessionError::Io {
+                    op: "spawn decode thread",
+                    path: "light-decode".into(),
                     source,
                 })?
         };
@@ -736,9 +769,16 @@ impl DataJob {
                 if let Some((h, _)) = end {
                     last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
                 }
-                if let Some(event) = assembler.on_packet(p) {
-                    // The writer only stops early on an error, which join() reports below.
-                    let _ = msg_tx.send(event);
+                // The decoder and writer only stop early on an error, which join() reports
+                // below.
+                match assembler.on_packet(p) {
+                    Some(Event::Restore(r)) => {
+                        let _ = restore_tx.send(r);
+                    }
+                    Some(event) => {
+                        let _ = msg_tx.send(event);
+                    }
+                    None => {}
                 }
             })?;
             // Filtered frames count as arrivals: they keep a receiver whose messages come
@@ -810,10 +850,16 @@ impl DataJob {
         );
         // Buffers the writer still returns are freed, not kept for a loop that has ended.
         drop(spare_rx);
-        drop(msg_tx);
-        let (out, decoder) = writer
+        drop(restore_tx);
+        let restored = restorer
             .join()
-            .map_err(|_| SessionError::Protocol("writer thread panicked".into()))??;
+            .map_err(|_| SessionError::Protocol("decode thread panicked".into()))?;
+        drop(msg_tx);
+        let written = writer
+            .join()
+            .map_err(|_| SessionError::Protocol("writer thread panicked".into()))?;
+        restored?;
+        let (out, decoder) = written?;
         tracing::info!("decoded and written");
         (self.progress)(&content, from_cache + decoded.load(Ordering::Relaxed), size);
         let multicast_seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);

@@ -26,6 +26,52 @@ pub enum Event {
         /// This was the message's last block: the message is complete.
         last: bool,
     },
+    /// A block of a streamed message has enough shards, but some sources must still be
+    /// restored from parity: [`Restore::run`] gives the bytes of its [`Event::Piece`].
+    Restore(Restore),
+}
+
+/// A streamed block to restore from parity. A decode takes milliseconds (about 2.4 ms for
+/// 256 symbols of 8800 bytes), long enough for the socket to overflow behind a receive loop
+/// that decodes inline, so the loop hands it to another thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    /// Message index in the plan.
+    pub message: u32,
+    /// Offset of the block in the message.
+    pub offset: u64,
+    /// This is the message's last block.
+    pub last: bool,
+    params: FecParams,
+    /// The block's source symbols (`k · symbol_size` bytes), the missing ones unset.
+    bytes: Vec<u8>,
+    /// Bytes of the block within the message (less than `bytes` for the last block).
+    len: usize,
+    k: u16,
+    have: Vec<u64>,
+    parity_idx: Vec<u16>,
+    parity: Vec<u8>,
+}
+
+/// A reusable Reed–Solomon decoder for [`Restore::run`] (allocated on first use).
+#[derive(Default)]
+pub struct BlockDecoder(Option<ReedSolomonDecoder>);
+
+impl Restore {
+    /// Restores the missing sources; the block's bytes, as an [`Event::Piece`] has them.
+    pub fn run(mut self, decoder: &mut BlockDecoder) -> Result<Vec<u8>, FecError> {
+        decode_block(
+            &mut decoder.0,
+            self.params,
+            &mut self.bytes,
+            self.k,
+            &self.have,
+            &self.parity_idx,
+            &self.parity,
+        )?;
+        self.bytes.truncate(self.len);
+        Ok(self.bytes)
+    }
 }
 
 /// Shards still needed by one incomplete block.
@@ -366,8 +412,16 @@ impl Assembler {
         if b.count < b.k {
             return None;
         }
+        // A streamed block hands its decode to the caller (see [`Restore`]).
+        let restore = m.stream && !b.parity_idx.is_empty();
         let complete = if b.parity_idx.is_empty() {
             self.stats.blocks_direct += 1;
+            true
+        } else if restore {
+            if b.data.is_empty() {
+                b.data = block_buffer(&mut self.spare, span);
+            }
+            self.stats.blocks_decoded += 1;
             true
         } else {
             let decoder = &mut self.decoder;
@@ -401,8 +455,8 @@ impl Assembler {
             return None;
         }
         b.done = true;
-        b.parity = Vec::new();
-        b.parity_idx = Vec::new();
+        let parity = std::mem::take(&mut b.parity);
+        let parity_idx = std::mem::take(&mut b.parity_idx);
         m.blocks_left -= 1;
         let last = m.blocks_left == 0;
         if last {
@@ -412,7 +466,22 @@ impl Assembler {
         if m.stream {
             let mut bytes = std::mem::take(&mut b.data);
             // The last block's tail past the message's end is padding.
-            bytes.truncate((m.layout.len - base as u64).min(span as u64) as usize);
+            let len = (m.layout.len - base as u64).min(span as u64) as usize;
+            if restore {
+                return Some(Event::Restore(Restore {
+                    params,
+                    message: h.message,
+                    offset: base as u64,
+                    last,
+                    bytes,
+                    len,
+                    k: b.k,
+                    have: std::mem::take(&mut b.have),
+                    parity_idx,
+                    parity,
+                }));
+            }
+            bytes.truncate(len);
             return Some(Event::Piece {
                 message: h.message,
                 offset: base as u64,

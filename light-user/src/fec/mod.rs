@@ -14,7 +14,7 @@
 mod assembler;
 mod packetizer;
 
-pub use assembler::{Assembler, Event, Missing, Stats};
+pub use assembler::{Assembler, BlockDecoder, Event, Missing, Restore, Stats};
 pub use packetizer::{FecEncoder, Packetizer};
 
 use serde::{Deserialize, Serialize};
@@ -550,12 +550,19 @@ mod tests {
             // block buffers recycled.
             let mut streamed = Assembler::new(params, 9, [(0u32, len as u64)]).unwrap();
             prop_assert!(streamed.stream(0));
+            // Blocks short of sources come as restores, decoded by the caller.
             let mut rebuilt = vec![None; len];
             let mut lasts = Vec::new();
+            let mut rs = BlockDecoder::default();
             for p in &pkts {
-                let Some(ev) = streamed.on_packet(p) else { continue };
-                let Event::Piece { message: 0, offset, bytes, last } = ev else {
-                    return Err(TestCaseError::fail(format!("not a piece: {ev:?}")));
+                let (offset, bytes, last) = match streamed.on_packet(p) {
+                    None => continue,
+                    Some(Event::Piece { message: 0, offset, bytes, last }) => (offset, bytes, last),
+                    Some(Event::Restore(r)) if r.message == 0 => {
+                        let (offset, last) = (r.offset, r.last);
+                        (offset, r.run(&mut rs).unwrap(), last)
+                    }
+                    Some(ev) => return Err(TestCaseError::fail(format!("not a piece: {ev:?}"))),
                 };
                 for (i, &b) in bytes.iter().enumerate() {
                     let slot = &mut rebuilt[offset as usize + i];
@@ -572,6 +579,8 @@ mod tests {
             prop_assert_eq!(lasts.iter().filter(|&&l| l).count(), 1);
             prop_assert_eq!(lasts.last(), Some(&true));
             prop_assert!(streamed.is_complete() && !streamed.stream(0));
+            // As many blocks needed parity streamed as whole.
+            prop_assert_eq!(streamed.stats().blocks_decoded, asm.stats().blocks_decoded);
             prop_assert_eq!(events, vec![Event::MessageComplete { message: 0, bytes: data }]);
         }
 
