@@ -59,6 +59,7 @@ pub struct BlockDecoder(Option<ReedSolomonDecoder>);
 
 impl Restore {
     /// Restores the missing sources; the block's bytes, as an [`Event::Piece`] has them.
+    /// Fails only on inconsistent shards, which the assembler's checks rule out.
     pub fn run(mut self, decoder: &mut BlockDecoder) -> Result<Vec<u8>, FecError> {
         decode_block(
             &mut decoder.0,
@@ -424,15 +425,9 @@ impl Assembler {
             self.stats.blocks_decoded += 1;
             true
         } else {
+            // A whole message's block: decoded in place in the message buffer.
             let decoder = &mut self.decoder;
-            if m.stream && b.data.is_empty() {
-                b.data = block_buffer(&mut self.spare, span);
-            }
-            let blk = if m.stream {
-                &mut b.data[..]
-            } else {
-                &mut m.buf[base..base + span]
-            };
+            let blk = &mut m.buf[base..base + span];
             match decode_block(decoder, params, blk, b.k, &b.have, &b.parity_idx, &b.parity) {
                 Ok(()) => {
                     self.stats.blocks_decoded += 1;
