@@ -357,9 +357,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             }
             let bed = Testbed::new(k, mtu)?;
             if !a.keep_udp_gso {
-                let s = &bed.server;
-                let off = ["ethtool", "-K", &s.iface, "tx-udp-segmentation", "off"];
-                crate::netns::in_ns(&s.ns, &off).context("segment UDP GSO on the server link")?;
+                bed.segment_server_gso()?;
             }
             for &scenario in &a.scenarios {
                 let start = rows.len();

@@ -206,6 +206,18 @@ impl Testbed {
         c
     }
 
+    /// Segments UDP GSO sends on the server's link, as a NIC puts them on a wire: the
+    /// bridge, its loss rules and the receivers then see single packets, not batches of up
+    /// to 64 that a loss rule would drop whole.
+    pub fn segment_server_gso(&self) -> Result<()> {
+        let s = &self.server;
+        in_ns(
+            &s.ns,
+            &["ethtool", "-K", &s.iface, "tx-udp-segmentation", "off"],
+        )
+        .context("segment UDP GSO on the server link")
+    }
+
     /// Drops `per_mille`/1000 of the UDP packets to `port` on their way to `receiver`,
     /// at random (an nftables bridge rule, before the receiver's XDP hook).
     pub fn set_loss(&self, receiver: usize, port: u16, per_mille: u32) -> Result<()> {
