@@ -76,7 +76,7 @@ pub struct FecParams {
 }
 
 /// Source symbols per block chosen by [`FecParams::for_loss`].
-pub const DEFAULT_SOURCE_PER_BLOCK: u16 = 256;
+pub const DEFAULT_SOURCE_PER_BLOCK: u16 = 448;
 /// Fewest parity shards a block can be repaired with ([`FecParams::for_loss`]).
 const MIN_REPAIR_CEILING: u16 = 64;
 
@@ -100,18 +100,19 @@ impl FecParams {
 
     /// Parameters for an expected packet loss rate `loss` (0..1) and symbol size.
     ///
-    /// Rule: `k = 256` source symbols; `r` is the smallest parity count such that
+    /// Rule: `k = 448` source symbols; `r` is the smallest parity count such that
     /// `r >= n·p + 3·sqrt(n·p·(1-p)) + 1` with `n = k + r` (the block survives a loss count
     /// three standard deviations above the mean, plus one), at least 1. The repair ceiling
     /// is `4·r`, at least 64 and at most `k` (never below `r`): repair parity covers a block
     /// that lost a quarter of its shards, and a block that lost more (a burst) gets its
     /// sources again. Every block is encoded with the ceiling as its recovery count, so it
-    /// is what the first pass pays for: packetizing k = 256 blocks of 8800-byte symbols runs
-    /// at 1.9 GiB/s with ceiling 256 and 4.0 GiB/s with 64 (`reed_solomon/encode_ceiling`).
+    /// is what the first pass pays for: packetizing blocks of 8800-byte symbols runs at
+    /// 1.9 GiB/s with ceiling 256 and 4.0 GiB/s with 64 (`reed_solomon/encode_ceiling`).
     ///
-    /// Why 256: reed-solomon-simd's decode has a fixed cost of about 0.4 ms per block (the
-    /// error locator over GF(2^16)), so k = 64 decodes at ~200 MB/s and k = 256 at ~560 MB/s
-    /// (1400-byte symbols, this machine); larger blocks also need relatively less parity.
+    /// Why 448: reed-solomon-simd decodes with a fixed cost per block (the error locator
+    /// over GF(2^16), ~0.25 ms) plus transforms over `pow2(pow2(ceiling) + k)` shards. With
+    /// the usual ceiling of 64, k = 448 fills those 512 shards; k = 256 pays for the same
+    /// 512 while carrying 43% fewer bytes (`reed_solomon/decode_block`).
     pub fn for_loss(loss: f64, symbol_size: usize) -> Result<Self, FecError> {
         if !(0.0..1.0).contains(&loss) {
             return Err(FecError::InvalidParams("loss rate must be in [0, 1)"));
@@ -274,24 +275,24 @@ mod tests {
     #[test]
     fn for_loss_rule() {
         let p0 = FecParams::for_loss(0.0, 1200).unwrap();
-        assert_eq!((p0.source_per_block, p0.parity_per_block), (256, 1));
+        assert_eq!((p0.source_per_block, p0.parity_per_block), (448, 1));
         let p1 = FecParams::for_loss(0.01, 1200).unwrap();
         let p5 = FecParams::for_loss(0.05, 1200).unwrap();
         let p10 = FecParams::for_loss(0.10, 1200).unwrap();
         assert!(p1.parity_per_block < p5.parity_per_block);
         assert!(p5.parity_per_block < p10.parity_per_block);
         // Enough to cover mean loss plus three sigma.
-        let n = f64::from(256 + p10.parity_per_block);
+        let n = f64::from(448 + p10.parity_per_block);
         assert!(f64::from(p10.parity_per_block) >= n * 0.1 + 3.0 * (n * 0.09).sqrt());
         // The repair ceiling: 4·r within 64..=k, never below r.
         assert_eq!(p1.max_parity_per_block, 64);
         assert_eq!(p5.max_parity_per_block, 4 * p5.parity_per_block);
         assert_eq!(
             FecParams::for_loss(0.2, 1200).unwrap().max_parity_per_block,
-            256
+            448
         );
         let p60 = FecParams::for_loss(0.6, 1200).unwrap();
-        assert!(p60.parity_per_block > 256);
+        assert!(p60.parity_per_block > 448);
         assert_eq!(p60.max_parity_per_block, p60.parity_per_block);
         assert!(FecParams::for_loss(1.0, 1200).is_err());
         assert!(FecParams::for_loss(0.01, 1201).is_err());
