@@ -17,7 +17,7 @@ use xtask::{
 };
 
 /// File size: divisible by C(4,1) and C(4,2), so MAN subfiles are whole bytes.
-const F: u64 = 3 << 20;
+const F: u64 = 6 << 20;
 
 fn library(dir: &Path, files: usize) {
     fs::create_dir_all(dir).unwrap();
