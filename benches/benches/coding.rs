@@ -71,6 +71,13 @@ fn first_pass(enc: &mut FecEncoder, msg: &[u8], buf: &mut [u8]) {
     }
 }
 
+/// Assembles (and decodes) one whole message of `len` bytes from `packets`.
+fn assemble(params: FecParams, len: usize, packets: &[Vec<u8>]) {
+    let mut asm = Assembler::new(params, 1, [(0u32, len as u64)]).unwrap();
+    let done = packets.iter().filter_map(|p| asm.on_packet(p)).count();
+    assert_eq!(done, 1);
+}
+
 fn reed_solomon(c: &mut Criterion) {
     let mut g = c.benchmark_group("reed_solomon");
     for loss in [0.01, 0.05, 0.10] {
@@ -97,11 +104,7 @@ fn reed_solomon(c: &mut Criterion) {
             })
             .collect();
         g.bench_function(BenchmarkId::new("assemble_decode", &label), |b| {
-            b.iter(|| {
-                let mut asm = Assembler::new(params, 1, [(0u32, msg.len() as u64)]).unwrap();
-                let done = kept.iter().filter_map(|p| asm.on_packet(p)).count();
-                assert_eq!(done, 1);
-            })
+            b.iter(|| assemble(params, msg.len(), &kept))
         });
     }
     // The first pass encodes every block with the repair ceiling as recovery count: the
@@ -144,11 +147,7 @@ fn reed_solomon(c: &mut Criterion) {
             .collect();
         let label = format!("k{k}_lost{lost}");
         g.bench_function(BenchmarkId::new("decode_block", &label), |b| {
-            b.iter(|| {
-                let mut asm = Assembler::new(params, 1, [(0u32, msg.len() as u64)]).unwrap();
-                let done = kept.iter().filter_map(|p| asm.on_packet(p)).count();
-                assert_eq!(done, 1);
-            })
+            b.iter(|| assemble(params, msg.len(), &kept))
         });
     }
     g.finish();

@@ -31,9 +31,9 @@ pub enum Event {
     Restore(Restore),
 }
 
-/// A streamed block to restore from parity. A decode takes milliseconds (a block of 8800-byte
-/// symbols decodes at about 1.1 GB/s), long enough for the socket to overflow behind a receive loop
-/// that decodes inline, so the loop hands it to another thread.
+/// A streamed block to restore from parity. A decode takes milliseconds (blocks of 8800-byte
+/// symbols decode at about 1.1 GB/s), long enough for the socket to overflow behind a
+/// receive loop that decodes inline, so the loop hands it to another thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restore {
     /// Message index in the plan.
