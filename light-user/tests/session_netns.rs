@@ -525,14 +525,23 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
 /// Waits (bounded) until receiver `i` has opened its output, i.e. it is in the multicast.
 /// Whether receiver `i` has verified a chunk of `want` (the output's sidecar ends with
 /// the verified-chunk bitmap: one byte for F's three chunks).
+/// Receiver `i` verified a chunk of `want` that came from the multicast. Its cache (a
+/// quarter of the file, written before the multicast) fills at most `F / 4 / chunk` whole
+/// chunks, so one more verified chunk than that means the delivery is under way.
 fn verified_a_chunk(dir: &Path, i: usize, want: &str) -> bool {
+    let chunk = u64::from(light::catalog::DEFAULT_CHUNK_SIZE);
+    let bitmap_len = F.div_ceil(chunk).div_ceil(8) as usize;
     let state = dir
         .join(format!("out-{i}"))
         .join(format!("{want}{}", light::catalog::STATE_SUFFIX));
-    fs::read(state)
-        .ok()
-        .and_then(|b| b.last().copied())
-        .is_some_and(|bits| bits != 0)
+    // The sidecar ends with the verified-chunk bitmap.
+    fs::read(state).ok().is_some_and(|b| {
+        let verified: u32 = b[b.len().saturating_sub(bitmap_len)..]
+            .iter()
+            .map(|byte| byte.count_ones())
+            .sum();
+        u64::from(verified) > F / 4 / chunk
+    })
 }
 
 /// Waits until one of `receivers` (index, content) has verified a first chunk from the
