@@ -1,7 +1,10 @@
 //! Kernel-bypass receive path: Light's XDP program steers matching frames into one AF_XDP
 //! socket per rx queue (via `xdpilone`), whose UMEM this module drains and refills.
 
-use std::{net::IpAddr, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull, time::Duration};
+use std::{
+    net::IpAddr, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull, sync::Mutex,
+    thread::JoinHandle, time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -22,9 +25,38 @@ use super::{
 /// The compiled XDP program, built by `light-user/build.rs` from `light-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIGHT_EBPF_OBJ"));
 
-/// Loads the eBPF object. Its programs need no CO-RE relocation, so the kernel's BTF is
-/// not parsed (that parse was ~0.1 s of CPU per receiver at start-up).
+/// The eBPF object being loaded ahead ([`preload_object`]), for the next [`load_object`].
+static PRELOADED: Mutex<Option<JoinHandle<Result<Ebpf, RxError>>>> = Mutex::new(None);
+
+/// Starts loading the eBPF object (both receive paths need it) on a background thread, so
+/// that it overlaps the control handshake. Loading took 50-110 ms per receiver at K=4 on 2
+/// cores, after admission and on the way to the first packet: aya's `EbpfLoader::new()`
+/// parses the kernel's 5 MB BTF although Light relocates nothing with it. (Populating the
+/// UMEM ahead as well only moved its cost: the handshake slowed down as much.)
+pub fn preload_object() {
+    if let Ok(mut slot) = PRELOADED.lock()
+        && slot.is_none()
+    {
+        *slot = std::thread::Builder::new()
+            .name("light-preload".into())
+            .spawn(load_fresh)
+            .ok();
+    }
+}
+
+/// The eBPF object: the preloaded one if there is one, else loaded now.
 pub(super) fn load_object() -> Result<Ebpf, RxError> {
+    let pending = PRELOADED.lock().ok().and_then(|mut slot| slot.take());
+    match pending {
+        Some(handle) => handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        None => load_fresh(),
+    }
+}
+
+/// Loads the eBPF object (its programs need no CO-RE relocation: no BTF is passed on).
+fn load_fresh() -> Result<Ebpf, RxError> {
     EbpfLoader::new()
         .btf(None)
         .load(EBPF_OBJECT)
@@ -169,6 +201,13 @@ struct Area {
     len: usize,
 }
 
+// SAFETY: an Area owns its mapping alone (no aliases outlive it); moving it to another thread
+// moves that ownership.
+unsafe impl Send for Area {}
+
+/// Bytes of one UMEM.
+const UMEM_BYTES: usize = (FRAMES as usize) * (FRAME_SIZE as usize);
+
 impl Area {
     fn new(len: usize) -> Result<Self, RxError> {
         // SAFETY: anonymous private mapping; no file or address constraints.
@@ -233,7 +272,13 @@ struct XskQueue {
 }
 
 impl XskQueue {
-    fn open(ifname: &std::ffi::CStr, queue: u32, zero_copy: bool) -> Result<Self, RxError> {
+    /// Opens the socket on `area`, or on a fresh UMEM area if none is given.
+    fn open(
+        ifname: &std::ffi::CStr,
+        queue: u32,
+        zero_copy: bool,
+        area: Option<Area>,
+    ) -> Result<Self, RxError> {
         let err = |op: &'static str| {
             move |e: xdpilone::Errno| RxError::Xsk {
                 queue,
@@ -241,7 +286,10 @@ impl XskQueue {
                 errno: e.get_raw().abs(),
             }
         };
-        let area = Area::new((FRAMES * FRAME_SIZE) as usize)?;
+        let area = match area {
+            Some(a) => a,
+            None => Area::new(UMEM_BYTES)?,
+        };
         let cfg = UmemConfig {
             fill_size: FRAMES,
             complete_size: 64,
@@ -357,15 +405,27 @@ impl XdpRx {
                 max: MAX_XDP_MTU,
             });
         }
-        let mut program = XdpProgram::attach(iface, &[port], mode)?;
         let name =
             std::ffi::CString::new(iface).map_err(|_| RxError::InterfaceNotFound(iface.into()))?;
+        let n = rx_queue_count(iface);
+        // Populating the UMEMs (64 MiB each) overlaps attaching XDP, which mostly waits on
+        // the kernel.
+        let (program, areas) = std::thread::scope(|s| {
+            let areas = s.spawn(move || (0..n).map(|_| Area::new(UMEM_BYTES)).collect());
+            let program = XdpProgram::attach(iface, &[port], mode);
+            let areas: Result<Vec<Area>, RxError> = areas
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (program, areas)
+        });
+        let (mut program, areas) = (program?, areas?);
         // A doomed zero-copy attempt registers a whole UMEM first: 60-90 ms per receiver.
         let try_zero_copy = program.is_driver_mode() && !copy_only_driver(iface);
         let mut queues = Vec::new();
-        for q in 0..rx_queue_count(iface) {
+        for (q, area) in (0..n).zip(areas) {
+            let mut area = Some(area);
             let zc = if try_zero_copy {
-                XskQueue::open(&name, q, true)
+                XskQueue::open(&name, q, true, area.take())
             } else {
                 Err(RxError::Xsk {
                     queue: q,
@@ -377,7 +437,7 @@ impl XdpRx {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(queue = q, error = %e, "zero-copy AF_XDP refused, using copy mode");
-                    XskQueue::open(&name, q, false)?
+                    XskQueue::open(&name, q, false, area.take())?
                 }
             };
             program.register(q, xsk.rx.as_raw_fd())?;
