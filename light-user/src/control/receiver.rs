@@ -476,7 +476,11 @@ impl DataThread {
                                 })
                                 .ok();
                         }
-                        Work::Close => open = None,
+                        Work::Close => {
+                            if let Some(o) = open.take() {
+                                o.rx.close();
+                            }
+                        }
                         Work::Job(job, ready, done) => {
                             let _ = done.send(job.run(&mut open, ready));
                         }

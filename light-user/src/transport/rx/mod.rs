@@ -143,6 +143,14 @@ impl Receiver {
         }
     }
 
+    /// Releases the path (detaches XDP, leaves the group) as fast as the kernel allows.
+    pub fn close(self) {
+        match self {
+            Receiver::Xdp(x) => x.close(),
+            Receiver::Socket(s) => drop(s),
+        }
+    }
+
     /// Waits up to `timeout` for a batch and hands each Light payload to `sink`.
     pub fn recv_batch(
         &mut self,
