@@ -86,6 +86,35 @@ pub struct RxStats {
     pub batches: u64,
 }
 
+/// How long a receive loop lets an empty ring or socket fill before it sleeps on it. A
+/// receiver asleep in `poll` is woken every few packets, each wake-up an inter-processor
+/// interrupt charged to the CPU that delivers the packets; a 1 ms nap gathers ~100 packets
+/// at 1 Gbit/s (the AF_XDP rings hold 16 384, the socket buffer 32 MiB). Measured at K=4,
+/// MTU 1500, 256 MiB (`xtask bench e2e`, 8 runs each): wake-ups 6 100 -> 2 700 per
+/// receiver, system time of the server 1.79 -> 1.61 s and of each receiver 0.16 -> 0.13 s.
+const NAP: Duration = Duration::from_millis(1);
+
+/// Reads with `read`; if nothing is there, naps ([`NAP`]) and reads again, and only then
+/// sleeps in `wait` (true: readable) for the rest of `timeout`.
+fn read_or_wait(
+    timeout: Duration,
+    read: &mut dyn FnMut() -> Result<usize, RxError>,
+    wait: &dyn Fn(Duration) -> Result<bool, RxError>,
+) -> Result<usize, RxError> {
+    let n = read()?;
+    if n > 0 || timeout.is_zero() {
+        return Ok(n);
+    }
+    let nap = NAP.min(timeout);
+    std::thread::sleep(nap);
+    let n = read()?;
+    let rest = timeout.saturating_sub(nap);
+    if n > 0 || rest.is_zero() || !wait(rest)? {
+        return Ok(n);
+    }
+    read()
+}
+
 /// Which receive path to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxPath {

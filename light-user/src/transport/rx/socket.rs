@@ -10,7 +10,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{RxError, RxStats, filter::SocketMessageFilter};
+use super::{RxError, RxStats, filter::SocketMessageFilter, read_or_wait};
 
 /// Datagrams read per `recvmmsg` call.
 pub const BATCH: usize = 64;
@@ -131,9 +131,12 @@ impl SocketRx {
         timeout: Duration,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, RxError> {
-        if !poll_in(self.sock.as_raw_fd(), timeout)? {
-            return Ok(0);
-        }
+        let fd = self.sock.as_raw_fd();
+        read_or_wait(timeout, &mut || self.read_batch(sink), &|t| poll_in(fd, t))
+    }
+
+    /// Reads what the socket holds now, up to one batch.
+    fn read_batch(&mut self, sink: &mut dyn FnMut(&[u8])) -> Result<usize, RxError> {
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];

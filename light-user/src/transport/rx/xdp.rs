@@ -19,6 +19,7 @@ use super::{
     RxError, RxStats,
     filter::{self, MessageFilter},
     frame::parse_udp,
+    read_or_wait,
     socket::{ifindex, joined_socket, poll_fds},
 };
 
@@ -513,22 +514,19 @@ impl XdpRx {
         timeout: Duration,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, RxError> {
-        let mut n = self.drain_all(sink);
-        if n == 0 && !timeout.is_zero() {
-            let mut fds: Vec<libc::pollfd> = self
-                .queues
+        let fds: Vec<libc::c_int> = self.queues.iter().map(|q| q.rx.as_raw_fd()).collect();
+        let wait = |t: Duration| {
+            let mut polled: Vec<libc::pollfd> = fds
                 .iter()
-                .map(|q| libc::pollfd {
-                    fd: q.rx.as_raw_fd(),
+                .map(|&fd| libc::pollfd {
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 })
                 .collect();
-            if poll_fds(&mut fds, timeout)? {
-                n = self.drain_all(sink);
-            }
-        }
-        Ok(n)
+            poll_fds(&mut polled, t)
+        };
+        read_or_wait(timeout, &mut || Ok(self.drain_all(sink)), &wait)
     }
 
     fn drain_all(&mut self, sink: &mut dyn FnMut(&[u8])) -> usize {
