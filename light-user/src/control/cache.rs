@@ -295,14 +295,20 @@ pub async fn connect(
     patience: Duration,
 ) -> Result<ReceiverChannel, SessionError> {
     let deadline = Instant::now() + patience;
+    // Receivers usually start with their server: retry soon (5 ms, doubling up to 50 ms).
+    // A fixed 50 ms made a receiver that lost the race to the server's bind wait 50 ms, and
+    // the whole session with it.
+    let mut pause = Duration::from_millis(5);
     loop {
         match ReceiverChannel::connect(server).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() >= deadline => {
                 return Err(SessionError::control(format!("connect to {server}"))(e));
             }
-            // Receivers usually start with their server: retry soon.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 }
