@@ -386,6 +386,8 @@ impl XskQueue {
 /// Receives Light datagrams through XDP + AF_XDP on every rx queue of an interface.
 pub struct XdpRx {
     queues: Vec<XskQueue>,
+    /// The queues' rx ring descriptors, to poll on when they are all empty.
+    ring_fds: Vec<libc::c_int>,
     program: XdpProgram,
     _membership: StdSocket,
     port: u16,
@@ -447,6 +449,7 @@ impl XdpRx {
         // Bound to an ephemeral port: it only holds the membership, the data goes to AF_XDP.
         let membership = joined_socket(group, 0, idx)?;
         Ok(Self {
+            ring_fds: queues.iter().map(|q| q.rx.as_raw_fd()).collect(),
             queues,
             program,
             _membership: membership,
@@ -508,15 +511,22 @@ impl XdpRx {
         self.stats
     }
 
-    /// Drains every queue; if all were empty waits up to `timeout` and drains again.
+    /// Drains every queue; if all were empty, naps 1 ms, then waits up to `timeout` in poll.
     pub fn recv_batch(
         &mut self,
         timeout: Duration,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, RxError> {
-        let fds: Vec<libc::c_int> = self.queues.iter().map(|q| q.rx.as_raw_fd()).collect();
+        let Self {
+            queues,
+            ring_fds,
+            port,
+            stats,
+            ..
+        } = self;
+        let mut drain_all = || Ok(queues.iter_mut().map(|q| q.drain(*port, stats, sink)).sum());
         let wait = |t: Duration| {
-            let mut polled: Vec<libc::pollfd> = fds
+            let mut polled: Vec<libc::pollfd> = ring_fds
                 .iter()
                 .map(|&fd| libc::pollfd {
                     fd,
@@ -526,15 +536,7 @@ impl XdpRx {
                 .collect();
             poll_fds(&mut polled, t)
         };
-        read_or_wait(timeout, &mut || Ok(self.drain_all(sink)), &wait)
-    }
-
-    fn drain_all(&mut self, sink: &mut dyn FnMut(&[u8])) -> usize {
-        let (port, stats) = (self.port, &mut self.stats);
-        self.queues
-            .iter_mut()
-            .map(|q| q.drain(port, stats, sink))
-            .sum()
+        read_or_wait(timeout, &mut drain_all, &wait)
     }
 }
 
