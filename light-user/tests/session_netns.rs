@@ -364,6 +364,9 @@ fn unauthenticated_traffic_does_not_hold_back_repair() {
     let dir = tempfile::tempdir().unwrap();
     library(&dir.path().join("library"), 4);
     let bed = Testbed::new(5, 1500).unwrap();
+    // Single packets lost, not whole GSO batches: a lost batch may hold nothing this
+    // receiver wants, and then it needs no repair (CI saw 2.8 % loss and none).
+    bed.segment_server_gso().unwrap();
     bed.set_loss(0, 7700, 50).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -418,7 +421,6 @@ fn unauthenticated_traffic_does_not_hold_back_repair() {
     assert_all_identical(&run);
     let sent = sent.load(Ordering::Relaxed);
     assert!(sent > 20, "the injector sent {sent}");
-    eprintln!("DEBUG {} {}", run.receivers[0].output, run.report);
     let rep = report(&run);
     assert!(rep["repair_rounds"].as_u64().unwrap() >= 1, "{rep}");
 }
