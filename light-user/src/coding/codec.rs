@@ -62,6 +62,25 @@ pub fn encode_message(
             expected: spec.len,
         });
     }
+    encode_range(spec, files, 0, out)
+}
+
+/// Writes bytes `offset..offset + out.len()` of the message [`encode_message`] builds into
+/// `out`: a sender encodes block by block, each block still in cache when it is packetized.
+pub fn encode_range(
+    spec: &MessageSpec,
+    files: &[&[u8]],
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), CodingError> {
+    let end = offset.saturating_add(out.len() as u64);
+    if end > spec.len {
+        return Err(CodingError::Length {
+            what: "message range end",
+            got: end,
+            expected: spec.len,
+        });
+    }
     if spec.terms.is_empty() {
         out.fill(0);
     }
@@ -75,18 +94,28 @@ pub fn encode_message(
         }
         let mut at = 0;
         for seg in &term.parts {
-            let src = file_bytes(files, seg)?;
-            let dst = &mut out[at..at + src.len()];
-            // The first term is copied, saving a pass over a zeroed buffer.
-            if i == 0 {
-                dst.copy_from_slice(src);
-            } else {
-                xor_into(dst, src);
+            if at >= end {
+                break;
             }
-            at += src.len();
+            let src = file_bytes(files, seg)?;
+            let (from, to) = (at.max(offset), (at + seg.len).min(end));
+            if from < to {
+                // In range: from - at < seg.len and to - offset <= out.len() (u64 to usize
+                // is lossless here, both index slices in memory).
+                let src = &src[(from - at) as usize..(to - at) as usize];
+                let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+                // The first term is copied, saving a pass over a zeroed buffer.
+                if i == 0 {
+                    dst.copy_from_slice(src);
+                } else {
+                    xor_into(dst, src);
+                }
+            }
+            at += seg.len;
         }
         if i == 0 {
-            out[at..].fill(0);
+            // `at` stops at the term's length or past `end`: the rest of the range is padding.
+            out[(at.clamp(offset, end) - offset) as usize..].fill(0);
         }
     }
     Ok(())
@@ -560,6 +589,68 @@ mod tests {
             Err(CodingError::OutOfLibrary { .. })
         ));
         encode_message(spec, &refs, &mut out).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whole messages and any cut of them into ranges encode the XOR of the zero-padded
+        /// terms, for plans of both families (decentralized terms gather many segments).
+        #[test]
+        fn ranges_encode_the_xor_of_the_padded_terms(
+            receivers in 2u32..5,
+            lens in proptest::collection::vec(1u64..400, 1..4),
+            fraction in 0.0f64..1.0,
+            decentralized: bool,
+            seed: u64,
+            cut in 1usize..97,
+        ) {
+            let input = PlanInput {
+                receivers,
+                demands: (0..receivers).map(|r| r % lens.len() as u32).collect(),
+                file_lens: lens,
+                budget: CacheBudget::Fraction(fraction),
+                scheme: if decentralized {
+                    SchemeChoice::Decentralized
+                } else {
+                    SchemeChoice::Centralized
+                },
+                seed,
+                min_subfile_bytes: 0,
+                packet_bytes: 1,
+            };
+            let p = plan(&input).unwrap();
+            let files: Vec<Vec<u8>> = input
+                .file_lens
+                .iter()
+                .enumerate()
+                .map(|(f, &l)| (0..l).map(|i| (i as u8).wrapping_mul(31) ^ f as u8).collect())
+                .collect();
+            let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+            for spec in p.messages() {
+                // By the definition: every term zero-padded, all XORed together.
+                let mut want = vec![0u8; spec.len as usize];
+                for term in &spec.terms {
+                    let bytes = term.parts.iter().flat_map(|s| {
+                        &files[s.file as usize][s.offset as usize..(s.offset + s.len) as usize]
+                    });
+                    for (w, b) in want.iter_mut().zip(bytes) {
+                        *w ^= b;
+                    }
+                }
+                let mut whole = vec![0x5a; spec.len as usize];
+                encode_message(spec, &refs, &mut whole).unwrap();
+                proptest::prop_assert_eq!(&whole, &want);
+                // Stale bytes in the buffer must not leak into a range.
+                let mut ranged = vec![0xa5; spec.len as usize];
+                for (i, chunk) in ranged.chunks_mut(cut).enumerate() {
+                    encode_range(spec, &refs, (i * cut) as u64, chunk).unwrap();
+                }
+                proptest::prop_assert_eq!(&ranged, &whole);
+                let mut past = [0; 2];
+                proptest::prop_assert!(
+                    encode_range(spec, &refs, spec.len.saturating_sub(1), &mut past).is_err()
+                );
+            }
+        }
     }
 
     #[test]

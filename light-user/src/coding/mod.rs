@@ -14,7 +14,7 @@
 mod codec;
 mod plan;
 
-pub use codec::{Decoder, Recovered, encode_message, uncoded_bytes, xor_into};
+pub use codec::{Decoder, Recovered, encode_message, encode_range, uncoded_bytes, xor_into};
 pub use plan::{Plan, plan};
 
 use serde::{Deserialize, Serialize};

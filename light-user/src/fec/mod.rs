@@ -222,6 +222,14 @@ impl Layout {
         u64::from(block) * u64::from(self.k)
     }
 
+    /// Byte range of `block` inside the message, clipped to the message length.
+    pub fn block_range(&self, block: u32) -> std::ops::Range<u64> {
+        let s = self.symbol_size as u64;
+        let first = self.first_symbol(block);
+        let end = first + u64::from(self.block_sources(block));
+        (first * s).min(self.len)..(end * s).min(self.len)
+    }
+
     /// Byte range of symbol `sym` inside the message, clipped to the message length.
     fn symbol_range(&self, sym: u64) -> std::ops::Range<usize> {
         let s = self.symbol_size as u64;
@@ -461,6 +469,35 @@ mod tests {
             p.next_into(&mut small),
             Err(FecError::BufferTooSmall { .. })
         ));
+    }
+
+    /// A sender that packetizes one block at a time (encoding each just before) sends
+    /// exactly what the whole-message first pass does; block ranges tile the message.
+    #[test]
+    fn block_by_block_matches_the_first_pass() {
+        let params = FecParams::new(16, 3, 2, 2).unwrap();
+        let mut enc = FecEncoder::new(params).unwrap();
+        for len in [1usize, 16, 47, 48, 49, 100] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let whole = all_packets(params, &mut enc, 5, &data);
+            let layout = params.layout(len as u64).unwrap();
+            let (mut blocks, mut seq, mut at) = (Vec::new(), 0, 0);
+            for block in 0..layout.blocks {
+                let range = layout.block_range(block);
+                assert_eq!(range.start, at, "len {len} block {block}");
+                at = range.end;
+                let mut p =
+                    Packetizer::block_first_pass(&mut enc, 9, 5, &data, block, seq).unwrap();
+                let mut buf = vec![0u8; HEADER_LEN + params.symbol_size];
+                while let Some(n) = p.next_into(&mut buf).unwrap() {
+                    blocks.push(buf[..n].to_vec());
+                }
+                seq = p.next_seq();
+            }
+            assert_eq!(at, len as u64);
+            assert_eq!(blocks, whole, "len {len}");
+            assert!(Packetizer::block_first_pass(&mut enc, 9, 5, &data, layout.blocks, 0).is_err());
+        }
     }
 
     #[test]

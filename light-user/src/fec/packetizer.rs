@@ -184,6 +184,22 @@ impl<'a> Packetizer<'a> {
         Self::one_block(enc, session, message_index, message, block, None, first_seq)
     }
 
+    /// What [`Packetizer::first_pass`] sends of one block (its sources, then its first-pass
+    /// parity), for a sender that encodes its message block by block.
+    pub fn block_first_pass(
+        enc: &'a mut FecEncoder,
+        session: u32,
+        message_index: u32,
+        message: &'a [u8],
+        block: u32,
+        first_seq: u32,
+    ) -> Result<Self, FecError> {
+        let parity = u32::from(enc.params.parity_per_block);
+        let mut pk = Self::one_block(enc, session, message_index, message, block, None, first_seq)?;
+        pk.runs[0].end += parity;
+        Ok(pk)
+    }
+
     /// Repair parity `first_parity_index..+count` of one block.
     #[allow(clippy::too_many_arguments)] // Mirrors the header fields it fills.
     pub fn repair(

@@ -13,10 +13,10 @@ use std::{
 
 use light_common::{DataHeader, HEADER_LEN, PacketKind};
 
-use super::{SendHandle, SendStats, TxConfig, TxError, spawn_sender};
+use super::{Batch, SendHandle, SendStats, TxConfig, TxError, spawn_sender};
 use crate::{
-    coding::{Plan, encode_message, uncoded_bytes},
-    fec::{FecEncoder, FecParams, Packetizer},
+    coding::{Plan, encode_range, uncoded_bytes},
+    fec::{FecEncoder, FecError, FecParams, Packetizer},
     transport::mac::PacketKey,
 };
 
@@ -79,6 +79,8 @@ pub struct Multicaster<'a> {
 /// Counts what a pass hands to the sender.
 struct Tally<'h> {
     handle: &'h SendHandle,
+    /// The batch being filled: packetizers of one block each share batches.
+    open: Option<Batch>,
     key: Option<&'h PacketKey>,
     progress: &'h Progress,
     payload: u64,
@@ -89,7 +91,10 @@ struct Tally<'h> {
 impl Tally<'_> {
     fn drain(&mut self, pk: &mut Packetizer<'_>, message: u32, need: usize) -> Result<(), TxError> {
         while pk.remaining() > 0 {
-            let mut batch = self.handle.batch()?;
+            let mut batch = match self.open.take() {
+                Some(b) => b,
+                None => self.handle.batch()?,
+            };
             while pk.remaining() > 0 {
                 let Some(v) = batch.next_packet() else { break };
                 v.resize(need, 0);
@@ -104,9 +109,22 @@ impl Tally<'_> {
                 self.packets += 1;
                 self.bytes += n as u64;
             }
-            self.progress.store(self.bytes, Ordering::Relaxed);
+            if batch.is_full() {
+                self.progress.store(self.bytes, Ordering::Relaxed);
+                self.handle.submit(batch)?;
+            } else {
+                self.open = Some(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the batch being filled to the sender.
+    fn flush(&mut self) -> Result<(), TxError> {
+        if let Some(batch) = self.open.take() {
             self.handle.submit(batch)?;
         }
+        self.progress.store(self.bytes, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -138,24 +156,51 @@ impl<'a> Multicaster<'a> {
     }
 
     /// Message `idx`'s bytes: the library's own when it is one uncoded segment (no copy:
-    /// a 256 MiB message took 0.2 s to copy before its first packet), else encoded into
-    /// the scratch buffer.
-    fn encode(&mut self, idx: u32) -> Result<Bytes<'a>, TxError> {
+    /// a 256 MiB message took 0.2 s to copy before its first packet), else the scratch
+    /// buffer, sized for it, where [`Multicaster::encode_block`] encodes each block in turn.
+    fn prepare(&mut self, idx: u32) -> Result<Bytes<'a>, TxError> {
         let spec = &self.plan.messages()[idx as usize];
-        let err = |source| TxError::Encode {
-            message: idx,
-            source,
-        };
         if let Some(bytes) = uncoded_bytes(spec, self.files) {
-            return bytes.map(Bytes::Library).map_err(err);
+            return bytes.map(Bytes::Library).map_err(|source| TxError::Encode {
+                message: idx,
+                source,
+            });
         }
         let len = usize::try_from(spec.len)
             .map_err(|_| TxError::Config(format!("message of {} bytes", spec.len)))?;
         if self.message.len() < len {
             self.message.resize(len, 0);
         }
-        encode_message(spec, self.files, &mut self.message[..len]).map_err(err)?;
         Ok(Bytes::Scratch(len))
+    }
+
+    /// XOR-encodes `block` of message `idx` into the scratch buffer, right before its
+    /// packets, so it is still in cache for them (whole messages, encoded up front, left
+    /// the link idle for the XOR of up to a subfile at every message).
+    fn encode_block(&mut self, idx: u32, bytes: Bytes<'a>, block: u32) -> Result<(), TxError> {
+        let Bytes::Scratch(len) = bytes else {
+            return Ok(());
+        };
+        let layout = self
+            .enc
+            .params()
+            .layout(len as u64)
+            .map_err(|source| TxError::Packetize {
+                message: idx,
+                source,
+            })?;
+        let range = layout.block_range(block);
+        let out = &mut self.message[range.start as usize..range.end as usize];
+        encode_range(
+            &self.plan.messages()[idx as usize],
+            self.files,
+            range.start,
+            out,
+        )
+        .map_err(|source| TxError::Encode {
+            message: idx,
+            source,
+        })
     }
 
     /// Runs one pass: `body` feeds packets, then End markers follow.
@@ -168,13 +213,16 @@ impl<'a> Multicaster<'a> {
         let key = self.key.clone();
         let mut tally = Tally {
             handle: &handle,
+            open: None,
             key: key.as_ref(),
             progress,
             payload: 0,
             packets: 0,
             bytes: 0,
         };
-        let produced = body(self, &mut tally).and_then(|()| self.end_markers(&mut tally));
+        let produced = body(self, &mut tally)
+            .and_then(|()| tally.flush())
+            .and_then(|()| self.end_markers(&mut tally));
         let (payload_bytes, packets, udp_bytes) = (tally.payload, tally.packets, tally.bytes);
         drop(handle);
         let send = thread.join().map_err(|_| TxError::Stopped)??;
@@ -250,16 +298,33 @@ impl<'a> Multicaster<'a> {
         self.pass(progress, |me, tally| {
             let need = HEADER_LEN + me.enc.params().symbol_size;
             for idx in 0..me.plan.messages().len() as u32 {
-                let message = me.encode(idx)?.of(&me.message);
-                tally.payload += message.len() as u64;
-                let (session, seq) = (me.session, me.seq);
-                let mut pk = Packetizer::first_pass(&mut me.enc, session, idx, message, seq)
-                    .map_err(|source| TxError::Packetize {
-                        message: idx,
-                        source,
-                    })?;
-                tally.drain(&mut pk, idx, need)?;
-                me.seq = pk.next_seq();
+                let err = |source| TxError::Packetize {
+                    message: idx,
+                    source,
+                };
+                let bytes = me.prepare(idx)?;
+                let len = bytes.of(&me.message).len() as u64;
+                tally.payload += len;
+                let blocks = me.enc.params().layout(len).map_err(err)?.blocks;
+                if blocks == 0 {
+                    return Err(err(FecError::EmptyMessage(idx)));
+                }
+                for block in 0..blocks {
+                    me.encode_block(idx, bytes, block)?;
+                    let (session, seq) = (me.session, me.seq);
+                    let message = bytes.of(&me.message);
+                    let mut pk = Packetizer::block_first_pass(
+                        &mut me.enc,
+                        session,
+                        idx,
+                        message,
+                        block,
+                        seq,
+                    )
+                    .map_err(err)?;
+                    tally.drain(&mut pk, idx, need)?;
+                    me.seq = pk.next_seq();
+                }
             }
             Ok(())
         })
@@ -297,11 +362,12 @@ impl<'a> Multicaster<'a> {
                 let bytes = match encoded {
                     Some((i, b)) if i == idx => b,
                     _ => {
-                        let b = me.encode(idx)?;
+                        let b = me.prepare(idx)?;
                         encoded = Some((idx, b));
                         b
                     }
                 };
+                me.encode_block(idx, bytes, block)?;
                 if count > 0 {
                     me.send_block(tally, idx, bytes, block, Some((sent, count)))?;
                     me.sent_parity.insert((idx, block), sent + count);
