@@ -114,7 +114,7 @@ pub fn encode_range(
             at += seg.len;
         }
         if i == 0 {
-            // `at` stops at the term's length or past `end`: the rest of the range is padding.
+            // `at` stops at the term's length or at or past `end`: the rest is padding.
             out[(at.clamp(offset, end) - offset) as usize..].fill(0);
         }
     }

@@ -222,7 +222,8 @@ impl Layout {
         u64::from(block) * u64::from(self.k)
     }
 
-    /// Byte range of `block` inside the message, clipped to the message length.
+    /// Byte range of `block` inside the message, clipped to the message length (empty for
+    /// a block past the end).
     pub fn block_range(&self, block: u32) -> std::ops::Range<u64> {
         let s = self.symbol_size as u64;
         let first = self.first_symbol(block);

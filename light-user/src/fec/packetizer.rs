@@ -12,8 +12,8 @@ pub struct FecEncoder {
     pad: Vec<u8>,
     /// All `max_parity_per_block` parity symbols of the block in `parity_of`.
     parity: Vec<u8>,
-    /// Block whose parity `parity` holds, for the message of the current packetizer
-    /// (reset whenever a new message is taken, since buffers may be reused).
+    /// Block whose parity `parity` holds, for the current packetizer (reset by every new
+    /// packetizer: the sender re-encodes its buffer between them).
     parity_of: Option<u32>,
 }
 

@@ -44,7 +44,8 @@ pub type Progress = Arc<AtomicU64>;
 enum Bytes<'a> {
     /// One uncoded segment of a library file.
     Library(&'a [u8]),
-    /// The first `len` bytes of the scratch buffer.
+    /// The first `len` bytes of the scratch buffer (current only in the blocks
+    /// [`Multicaster::encode_block`] wrote last).
     Scratch(usize),
 }
 
@@ -169,7 +170,9 @@ impl<'a> Multicaster<'a> {
         let len = usize::try_from(spec.len)
             .map_err(|_| TxError::Config(format!("message of {} bytes", spec.len)))?;
         if self.message.len() < len {
-            self.message.resize(len, 0);
+            // Fresh zeroed pages, touched as blocks are encoded (a resize wrote them all at
+            // once, up to a subfile, before the first packet).
+            self.message = vec![0; len];
         }
         Ok(Bytes::Scratch(len))
     }
@@ -258,8 +261,8 @@ impl<'a> Multicaster<'a> {
         Ok(())
     }
 
-    /// Sends one block of message `idx` (`bytes`, from [`Multicaster::encode`]): the
-    /// parity range `Some((first, count))`, or its sources.
+    /// Sends one block of message `idx` (`bytes`, from [`Multicaster::prepare`], the block
+    /// encoded): the parity range `Some((first, count))`, or its sources.
     fn send_block(
         &mut self,
         tally: &mut Tally<'_>,
@@ -349,7 +352,12 @@ impl<'a> Multicaster<'a> {
             let params = me.enc.params();
             let mut encoded: Option<(u32, Bytes<'a>)> = None;
             for (&(idx, block), &needed) in requests {
-                if idx as usize >= me.plan.messages().len() {
+                // A receiver's request naming no block of the plan is ignored, not allowed
+                // to fail the pass for everyone.
+                let Some(spec) = me.plan.messages().get(idx as usize) else {
+                    continue;
+                };
+                if !params.layout(spec.len).is_ok_and(|l| block < l.blocks) {
                     continue;
                 }
                 let sent = *me
