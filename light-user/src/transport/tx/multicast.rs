@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::Range,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -177,22 +178,19 @@ impl<'a> Multicaster<'a> {
         Ok(Bytes::Scratch(len))
     }
 
-    /// XOR-encodes `block` of message `idx` into the scratch buffer, right before its
-    /// packets, so it is still in cache for them (whole messages, encoded up front, left
-    /// the link idle for the XOR of up to a subfile at every message).
-    fn encode_block(&mut self, idx: u32, bytes: Bytes<'a>, block: u32) -> Result<(), TxError> {
-        let Bytes::Scratch(len) = bytes else {
+    /// XOR-encodes the block of message `idx` at `range` (its [`crate::fec::Layout::block_range`])
+    /// into the scratch buffer, right before its packets, so it is still in cache for them
+    /// (whole messages, encoded up front, left the link idle for the XOR of up to a
+    /// subfile at every message).
+    fn encode_block(
+        &mut self,
+        idx: u32,
+        bytes: Bytes<'a>,
+        range: Range<u64>,
+    ) -> Result<(), TxError> {
+        if let Bytes::Library(_) = bytes {
             return Ok(());
-        };
-        let layout = self
-            .enc
-            .params()
-            .layout(len as u64)
-            .map_err(|source| TxError::Packetize {
-                message: idx,
-                source,
-            })?;
-        let range = layout.block_range(block);
+        }
         let out = &mut self.message[range.start as usize..range.end as usize];
         encode_range(
             &self.plan.messages()[idx as usize],
@@ -308,12 +306,12 @@ impl<'a> Multicaster<'a> {
                 let bytes = me.prepare(idx)?;
                 let len = bytes.of(&me.message).len() as u64;
                 tally.payload += len;
-                let blocks = me.enc.params().layout(len).map_err(err)?.blocks;
-                if blocks == 0 {
+                let layout = me.enc.params().layout(len).map_err(err)?;
+                if layout.blocks == 0 {
                     return Err(err(FecError::EmptyMessage(idx)));
                 }
-                for block in 0..blocks {
-                    me.encode_block(idx, bytes, block)?;
+                for block in 0..layout.blocks {
+                    me.encode_block(idx, bytes, layout.block_range(block))?;
                     let (session, seq) = (me.session, me.seq);
                     let message = bytes.of(&me.message);
                     let mut pk = Packetizer::block_first_pass(
@@ -350,16 +348,20 @@ impl<'a> Multicaster<'a> {
         let mut exhausted = 0;
         let stats = self.pass(progress, |me, tally| {
             let params = me.enc.params();
-            let mut encoded: Option<(u32, Bytes<'a>)> = None;
             for (&(idx, block), &needed) in requests {
                 // A receiver's request naming no block of the plan is ignored, not allowed
                 // to fail the pass for everyone.
                 let Some(spec) = me.plan.messages().get(idx as usize) else {
                     continue;
                 };
-                if !params.layout(spec.len).is_ok_and(|l| block < l.blocks) {
+                let Some(range) = params
+                    .layout(spec.len)
+                    .ok()
+                    .filter(|l| block < l.blocks)
+                    .map(|l| l.block_range(block))
+                else {
                     continue;
-                }
+                };
                 let sent = *me
                     .sent_parity
                     .get(&(idx, block))
@@ -367,15 +369,8 @@ impl<'a> Multicaster<'a> {
                 // Send half again what was asked: the repair itself crosses a lossy link.
                 let want = needed.saturating_add(needed / 2 + 1);
                 let count = want.min(params.max_parity_per_block.saturating_sub(sent));
-                let bytes = match encoded {
-                    Some((i, b)) if i == idx => b,
-                    _ => {
-                        let b = me.prepare(idx)?;
-                        encoded = Some((idx, b));
-                        b
-                    }
-                };
-                me.encode_block(idx, bytes, block)?;
+                let bytes = me.prepare(idx)?;
+                me.encode_block(idx, bytes, range)?;
                 if count > 0 {
                     me.send_block(tally, idx, bytes, block, Some((sent, count)))?;
                     me.sent_parity.insert((idx, block), sent + count);
