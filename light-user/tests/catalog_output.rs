@@ -339,15 +339,16 @@ fn a_packed_file_travels_to_an_output_file() {
 }
 
 /// Writes a file of `len` bytes as pieces of 1..=`max_piece` bytes, with duplicates and
-/// overlaps, in a shuffled order, interrupted and resumed at `interrupt_at`; checks the
-/// result and returns the bytes the resumed writer wrote past the page cache.
+/// overlaps, in a shuffled order, interrupted and resumed at `interrupt_at`, both writers
+/// with `direct` I/O or both without; checks the result.
 fn reassemble(
     len: usize,
     chunk_size: u32,
     seed: u64,
     interrupt_at: f64,
     max_piece: usize,
-) -> Result<u64, TestCaseError> {
+    direct: bool,
+) -> Result<(), TestCaseError> {
     let bytes = data(len, seed);
     let m = manifest("p/q.bin", chunk_size, &bytes);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -369,12 +370,14 @@ fn reassemble(
     let out = tempfile::tempdir().unwrap();
     let before = {
         let mut f = OutputFile::create(out.path(), m.clone()).unwrap();
+        prop_assert_eq!(f.set_direct_io(direct), direct);
         for &(s, e) in &pieces[..cut] {
             f.write_at(s as u64, &bytes[s..e]).unwrap();
         }
         f.verified_count()
     };
     let (mut f, resumed) = OutputFile::open_or_resume(out.path(), m.clone()).unwrap();
+    prop_assert_eq!(f.set_direct_io(direct), direct);
     prop_assert_eq!(resumed.verified.len() as u64, before);
     prop_assert!(resumed.rejected.is_empty());
     // Bytes of incomplete chunks were forgotten at the interruption: send everything
@@ -384,11 +387,13 @@ fn reassemble(
     }
     prop_assert!(f.is_complete());
     prop_assert_eq!(f.verified_count(), m.chunk_count());
-    let direct = f.direct_bytes();
+    if !direct {
+        prop_assert_eq!(f.direct_bytes(), 0);
+    }
     let p = f.finish().unwrap();
     prop_assert_eq!(fs::read(p).unwrap(), bytes);
     prop_assert!(!partial(out.path(), "p/q.bin").exists());
-    Ok(direct)
+    Ok(())
 }
 
 proptest! {
@@ -403,32 +408,38 @@ proptest! {
         seed in any::<u64>(),
         interrupt_at in 0.0f64..1.0,
     ) {
-        reassemble(len, chunk_size, seed, interrupt_at, 700)?;
+        reassemble(len, chunk_size, seed, interrupt_at, 700, false)?;
     }
 
-    /// The same with pieces of many pages, whose whole pages go past the page cache
-    /// (`O_DIRECT`) and whose ragged ends through it.
+    /// The same with pieces of many pages, through the page cache or with direct I/O
+    /// (whole pages past the page cache, ragged ends through it).
     #[test]
     fn large_pieces_reassemble(
         len in 0usize..400_000,
         chunk_size in 1u32..200_000,
         seed in any::<u64>(),
         interrupt_at in 0.0f64..1.0,
+        direct in any::<bool>(),
     ) {
-        reassemble(len, chunk_size, seed, interrupt_at, 60_000)?;
+        reassemble(len, chunk_size, seed, interrupt_at, 60_000, direct)?;
     }
 }
 
-/// Block-sized, page-aligned pieces out of order are written entirely past the page cache
-/// (the test directory's file system takes `O_DIRECT`, as ext4, xfs and tmpfs do).
+/// With direct I/O on, block-sized, page-aligned pieces out of order are written entirely
+/// past the page cache (the test directory's file system takes `O_DIRECT`, as ext4, xfs and
+/// tmpfs do); by default none are.
 #[test]
-fn aligned_pieces_are_written_directly() {
+fn aligned_pieces_are_written_directly_when_asked() {
     let out = tempfile::tempdir().unwrap();
     let bytes = data(1 << 20, 3);
-    let mut f = OutputFile::create(out.path(), manifest("d", 1 << 18, &bytes)).unwrap();
+    let mut f = OutputFile::create(out.path(), manifest("b", 1 << 18, &bytes)).unwrap();
+    assert_eq!(write_pieces(&mut f, &bytes, 1 << 16, &[0, 1, 2, 3]), 1);
+    assert_eq!(f.direct_bytes(), 0);
+    assert!(f.set_direct_io(true));
+    // The first chunk is verified already: its pieces are ignored.
     let order: Vec<usize> = (0..16).rev().collect();
-    assert_eq!(write_pieces(&mut f, &bytes, 1 << 16, &order), 4);
-    assert_eq!(f.direct_bytes(), 1 << 20);
+    assert_eq!(write_pieces(&mut f, &bytes, 1 << 16, &order), 3);
+    assert_eq!(f.direct_bytes(), 3 << 18);
     assert_eq!(fs::read(f.finish().unwrap()).unwrap(), bytes);
 }
 

@@ -152,12 +152,36 @@ fn all_receivers_want_the_same_file() {
     library(&dir.path().join("library"), 4);
     let bed = Testbed::new(4, 1500).unwrap();
     let same = ["file-2.bin"; 4];
-    let run = run_session(&bed, &spec(dir.path(), &same, "25%")).unwrap();
+    let mut s = spec(dir.path(), &same, "25%");
+    // Two receivers write past the page cache, two through it (the default).
+    let direct = [true, false, true, false];
+    s.receive_args = direct
+        .iter()
+        .map(|&d| {
+            if d {
+                vec!["--direct-io".into()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let run = run_session(&bed, &s).unwrap();
     assert_all_identical(&run);
     let rep = report(&run);
     // YMA with one distinct demand: [C(4,2) − C(3,2)] / C(4,1) = 3/4 of a file, which is
     // exactly the three quarters of file-2 each receiver lacks, sent once for all.
     assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), 3 * F / 4);
+    for (r, d) in run.receivers.iter().zip(direct) {
+        let summary: serde_json::Value = serde_json::from_str(r.output.trim())
+            .unwrap_or_else(|e| panic!("summary {:?}: {e}", r.output));
+        let bytes = summary["direct_io_bytes"].as_u64().unwrap();
+        // The decoded three quarters are written block by block: nearly all whole pages.
+        if d {
+            assert!(bytes > F / 2, "direct I/O wrote only {bytes} bytes");
+        } else {
+            assert_eq!(bytes, 0);
+        }
+    }
 }
 
 #[test]

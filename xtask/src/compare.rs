@@ -120,6 +120,10 @@ pub struct CompareArgs {
     /// Extra `light serve` arguments, space-separated (e.g. `--no-packet-auth`).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub light_args: String,
+    /// Extra `light receive` arguments for every receiver, space-separated (e.g.
+    /// `--direct-io`).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub light_receive_args: String,
     /// Extra `uftp` arguments, space-separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub uftp_args: String,
@@ -268,6 +272,7 @@ struct Results<'a> {
     udpcast_bitrate: &'a str,
     uftp_rate_kbps: &'a [i64],
     light_args: &'a str,
+    light_receive_args: &'a str,
     keep_udp_gso: bool,
     rows: &'a [Row],
 }
@@ -335,6 +340,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .collect(),
         uftp_args: a.uftp_args.split_whitespace().map(String::from).collect(),
         light_args: a.light_args.split_whitespace().map(String::from).collect(),
+        light_receive_args: a
+            .light_receive_args
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
         timeout: Duration::from_secs(a.timeout),
     };
     let mut rows: Vec<Row> = Vec::new();
@@ -429,6 +439,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         udpcast_bitrate: &a.udpcast_bitrate,
         uftp_rate_kbps: &a.uftp_rate_kbps,
         light_args: &a.light_args,
+        light_receive_args: &a.light_receive_args,
         keep_udp_gso: a.keep_udp_gso,
         rows: &rows,
     })?;

@@ -56,6 +56,8 @@ pub struct ReceiveConfig {
     pub token: Option<String>,
     /// The server's pinned ed25519 public key (hex): manifests it did not sign are refused.
     pub server_key: Option<String>,
+    /// Write whole pages past the page cache (`O_DIRECT`) instead of through it.
+    pub direct_io: bool,
 }
 
 /// One-line outcome of a reception.
@@ -97,6 +99,8 @@ pub struct ReceiveSummary {
     pub duplicates: u64,
     /// Packet loss measured on the way from the server (0–1), from sequence numbers.
     pub loss: f64,
+    /// File bytes written past the page cache (`--direct-io`).
+    pub direct_io_bytes: u64,
 }
 
 /// Live progress for a progress bar: `(content, file bytes done, file size)`.
@@ -299,6 +303,7 @@ async fn receive_content(
         cache_path: cache_path.clone(),
         cache_len: *cache_len,
         out: cfg.out.clone(),
+        direct_io: cfg.direct_io,
         rx,
         idle: cfg.idle_timeout,
         stop,
@@ -560,6 +565,7 @@ struct DataJob {
     cache_path: PathBuf,
     cache_len: u64,
     out: PathBuf,
+    direct_io: bool,
     rx: RxConfig,
     idle: Duration,
     stop: Arc<AtomicBool>,
@@ -603,6 +609,11 @@ impl DataJob {
         let size = self.manifest.size();
         let content = self.manifest.path().to_owned();
         let (mut out, _resumed) = OutputFile::open_or_resume(&self.out, self.manifest)?;
+        if self.direct_io && !out.set_direct_io(true) {
+            tracing::warn!(
+                "the output's file system refuses O_DIRECT; writing through the page cache"
+            );
+        }
         let cached_parts = plan.cached_parts_of_demand(slot);
         let from_cache = cached_parts.iter().map(|p| p.len).sum();
         let mut decoder = Decoder::new(&plan, slot)?;
@@ -906,9 +917,9 @@ impl DataJob {
                 stats.decode_errors,
             )));
         }
-        let direct_bytes = out.direct_bytes();
+        let direct_io_bytes = out.direct_bytes();
         let path = out.finish()?;
-        tracing::info!(direct_bytes, "file synced and renamed");
+        tracing::info!(direct_io_bytes, "file synced and renamed");
         let decoded = decoded.load(Ordering::Relaxed);
         Ok(ReceiveSummary {
             receiver: 0,
@@ -934,6 +945,7 @@ impl DataJob {
             fec_decoded_blocks: stats.blocks_decoded,
             auth_failed,
             loss: stats.loss(),
+            direct_io_bytes,
         })
     }
 }

@@ -72,6 +72,8 @@ pub struct Settings {
     pub uftp_args: Vec<String>,
     /// Extra `light serve` arguments.
     pub light_args: Vec<String>,
+    /// Extra `light receive` arguments.
+    pub light_receive_args: Vec<String>,
     /// Longest a single transfer may take.
     pub timeout: Duration,
 }
@@ -265,6 +267,7 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
         if no_xdp {
             cmd.arg("--no-xdp");
         }
+        cmd.args(&s.light_receive_args);
         receivers.push(Proc::spawn(cmd, &format!("light-receive-{r}"), &logs)?);
         copies.push(out.join(name));
     }
