@@ -141,6 +141,11 @@ pub struct CompareArgs {
     pub keep_logs: bool,
 }
 
+/// A space-separated argument string as separate arguments.
+fn words(args: &str) -> Vec<String> {
+    args.split_whitespace().map(String::from).collect()
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -333,18 +338,10 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| target_dir().join("release/light")),
         udpcast_bitrate: (a.udpcast_bitrate != "none").then(|| a.udpcast_bitrate.clone()),
-        udpcast_args: a
-            .udpcast_args
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
-        uftp_args: a.uftp_args.split_whitespace().map(String::from).collect(),
-        light_args: a.light_args.split_whitespace().map(String::from).collect(),
-        light_receive_args: a
-            .light_receive_args
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
+        udpcast_args: words(&a.udpcast_args),
+        uftp_args: words(&a.uftp_args),
+        light_args: words(&a.light_args),
+        light_receive_args: words(&a.light_receive_args),
         timeout: Duration::from_secs(a.timeout),
     };
     let mut rows: Vec<Row> = Vec::new();
