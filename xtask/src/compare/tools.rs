@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -281,6 +281,14 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
 /// before serving it; `light serve` then only checks that nothing changed. Not timed: the
 /// peers have no index to build either.
 pub fn light_pack(s: &Settings, library: &Path) -> Result<()> {
+    // `light pack` does not trust the stamp of a file modified less than 2 s before it
+    // runs (git's "racily clean" rule) and leaves it to be re-hashed by the next pack,
+    // which is `light serve`'s, inside the timed run. A library is packed long after its
+    // files are written in a deployment, so the files just generated are let settle first.
+    let settled = newest_mtime(library)? + PACK_SETTLE;
+    if let Ok(wait) = settled.duration_since(SystemTime::now()) {
+        thread::sleep(wait);
+    }
     let st = Command::new(&s.light_bin)
         .arg("pack")
         .arg(library)
@@ -293,6 +301,21 @@ pub fn light_pack(s: &Settings, library: &Path) -> Result<()> {
         library.display()
     );
     Ok(())
+}
+
+/// Age past which `light pack` trusts a file's stamp (its racy window, 2 s, plus margin).
+const PACK_SETTLE: Duration = Duration::from_millis(2500);
+
+/// The latest modification time of the files directly in `dir`.
+fn newest_mtime(dir: &Path) -> Result<SystemTime> {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let m = e?.metadata()?;
+        if m.is_file() {
+            newest = newest.max(m.modified()?);
+        }
+    }
+    Ok(newest)
 }
 
 fn udpcast(job: &Job<'_>, s: &Settings, file: usize, who: &[usize]) -> Result<Measured> {
