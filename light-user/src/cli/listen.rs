@@ -23,7 +23,7 @@ pub struct RxArgs {
     /// Fail instead of falling back to the socket path when XDP cannot be used.
     #[arg(long, conflicts_with = "no_xdp")]
     pub require_xdp: bool,
-    /// XDP attach mode: auto (driver then skb; skb first on veth), or one of them only.
+    /// XDP attach mode: driver (native) with skb fallback, or one of them only.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
 }

@@ -76,8 +76,7 @@ const RX_BATCH: u32 = 256;
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Driver (native) mode, falling back to skb (generic) mode; skb mode first on
-    /// drivers that hand XDP socket buffers anyway (veth).
+    /// Driver (native) mode, falling back to skb (generic) mode.
     #[default]
     Auto,
     /// Native XDP in the driver only.
@@ -87,12 +86,8 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    /// The modes to try, in order, on an interface of `driver`.
-    fn attempts(self, driver: Option<&str>) -> &'static [XdpMode] {
+    fn attempts(self) -> &'static [XdpMode] {
         match self {
-            AttachMode::Auto if driver.is_some_and(|d| SKB_FIRST_DRIVERS.contains(&d)) => {
-                &[XdpMode::Skb, XdpMode::Driver]
-            }
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
             AttachMode::Driver => &[XdpMode::Driver],
             AttachMode::Skb => &[XdpMode::Skb],
@@ -131,7 +126,7 @@ impl XdpProgram {
             .map_err(|e| RxError::Program(Box::new(e)))?;
         prog.load().map_err(|e| RxError::Program(Box::new(e)))?;
         let mut last = None;
-        for &m in mode.attempts(driver_name(iface).as_deref()) {
+        for &m in mode.attempts() {
             match prog.attach_to_if_index(ifindex, m) {
                 Ok(_) => {
                     return Ok(Self {
@@ -583,21 +578,9 @@ pub fn mtu(iface: &str) -> Result<u32, RxError> {
 /// Drivers known to have no AF_XDP zero-copy mode.
 const COPY_ONLY_DRIVERS: &[&str] = &["veth", "bridge", "tun", "dummy"];
 
-/// Drivers on which `AttachMode::Auto` tries skb mode first. veth receives socket buffers
-/// (the bridge's clones of each multicast frame): in driver mode it copies each into a
-/// page of its own and queues it for its NAPI poll before XDP runs; skb mode runs XDP on
-/// the buffer in the receive path. Bench e2e, K=8, MTU 1500, 5 interleaved pairs: same
-/// file 4.03 → 3.88 s, 1 % loss 4.29 → 4.18 s (medians), sender CPU −8 %.
-const SKB_FIRST_DRIVERS: &[&str] = &["veth"];
-
-/// Whether `iface`'s driver is one without zero-copy support. Unknown drivers are tried.
+/// Whether `iface`'s driver (asked through ethtool, which works in any network namespace)
+/// is one without zero-copy support. Unknown drivers are tried.
 pub fn copy_only_driver(iface: &str) -> bool {
-    driver_name(iface).is_some_and(|d| COPY_ONLY_DRIVERS.contains(&d.as_str()))
-}
-
-/// The name of `iface`'s driver, asked through ethtool (which works in any network
-/// namespace); `None` for interfaces that report none, such as `lo`.
-pub fn driver_name(iface: &str) -> Option<String> {
     /// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
     #[repr(C)]
     struct DrvInfo {
@@ -616,7 +599,9 @@ pub fn driver_name(iface: &str) -> Option<String> {
     }
     const ETHTOOL_GDRVINFO: u32 = 3;
     use std::os::fd::AsRawFd;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+    let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
+        return false;
+    };
     // SAFETY: all-zero bytes are a valid value of this plain C struct.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
@@ -624,7 +609,7 @@ pub fn driver_name(iface: &str) -> Option<String> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();
     if name.len() >= req.ifr_name.len() {
-        return None;
+        return false;
     }
     for (d, &c) in req.ifr_name.iter_mut().zip(name) {
         *d = c as libc::c_char;
@@ -634,13 +619,10 @@ pub fn driver_name(iface: &str) -> Option<String> {
     // `info`, which outlives the call; `req` is a valid, NUL-terminated `ifreq`.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &raw mut req) };
     if r != 0 {
-        return None;
+        return false;
     }
     let end = info.driver.iter().position(|&c| c == 0).unwrap_or(32);
-    std::str::from_utf8(&info.driver[..end])
-        .ok()
-        .filter(|d| !d.is_empty())
-        .map(str::to_owned)
+    COPY_ONLY_DRIVERS.contains(&std::str::from_utf8(&info.driver[..end]).unwrap_or(""))
 }
 
 /// Number of rx queues of `iface` (at least 1), from sysfs.
