@@ -22,6 +22,11 @@ pub const MAX_WANTED: u32 = 16384;
 pub const MAX_PORTS: u32 = 16;
 /// Capacity of the XSKMAP (rx queues).
 pub const MAX_QUEUES: u32 = 64;
+/// Bytes of one AF_XDP UMEM chunk: one frame each.
+pub const XSK_CHUNK_SIZE: u32 = 4096;
+/// Longest frame an AF_XDP socket in copy mode takes into one chunk: the kernel keeps its
+/// XDP headroom (256 bytes) at the start of every chunk.
+pub const XSK_RX_FRAME_MAX: usize = XSK_CHUNK_SIZE as usize - 256;
 
 /// Per-CPU counters kept by the XDP program.
 #[repr(u32)]
@@ -40,10 +45,13 @@ pub enum Counter {
     /// Shards of the filtered session for messages this receiver does not want: dropped
     /// before they are copied to the AF_XDP ring.
     Unwanted = 5,
+    /// Light frames longer than [`XSK_RX_FRAME_MAX`] (UDP GSO batches nothing segmented on
+    /// the way, seen in skb mode): no AF_XDP chunk holds them, so they go to the stack.
+    Oversize = 6,
 }
 
 /// Number of counters in [`Counter`].
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
 
 impl Counter {
     /// All counters, in index order.
@@ -54,6 +62,7 @@ impl Counter {
         Counter::RedirectFailed,
         Counter::Malformed,
         Counter::Unwanted,
+        Counter::Oversize,
     ];
 
     /// Short lowercase name, for reports and metrics.
@@ -65,6 +74,7 @@ impl Counter {
             Counter::RedirectFailed => "redirect_failed",
             Counter::Malformed => "malformed",
             Counter::Unwanted => "unwanted",
+            Counter::Oversize => "oversize",
         }
     }
 }

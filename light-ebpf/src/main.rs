@@ -21,6 +21,7 @@ use light_common::{
     MAGIC, PacketKind,
     maps::{
         COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED,
+        XSK_RX_FRAME_MAX,
     },
 };
 
@@ -222,6 +223,11 @@ pub fn light_xdp(ctx: XdpContext) -> u32 {
             if unwanted(&ctx, l4) {
                 bump(Counter::Unwanted);
                 return xdp_action::XDP_DROP;
+            }
+            // The redirect would succeed here and the copy into the ring fail later, unseen.
+            if ctx.data_end() - ctx.data() > XSK_RX_FRAME_MAX {
+                bump(Counter::Oversize);
+                return xdp_action::XDP_PASS;
             }
             // The low bits of the flags are the action when no socket sits on this queue.
             match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {

@@ -764,6 +764,7 @@ impl DataJob {
 
         let mut first: Option<Instant> = None;
         let mut idle_nacked = false;
+        let mut oversize_told = false;
         let (mut last_end, mut nacked_at): (Option<u32>, Option<u32>) = (None, None);
         let mut last_packet = Instant::now();
         // Last authenticated packet (a used shard or End marker): unauthenticated traffic
@@ -849,6 +850,17 @@ impl DataJob {
             if (pass_ended || went_quiet) && !assembler.is_complete() {
                 nacked_at = last_end;
                 idle_nacked = true;
+                // Otherwise such a loss has no visible cause: XDP saw the frames, the ring
+                // never got them.
+                if let Ok(n @ 1..) = rx.oversize()
+                    && !std::mem::replace(&mut oversize_told, true)
+                {
+                    eprintln!(
+                        "light: {n} Light frames arrived too long for AF_XDP (UDP GSO batches \
+                         that nothing segmented on the way); this path loses them: use \
+                         --xdp-mode driver or --no-xdp"
+                    );
+                }
                 let blocks: Vec<[u32; 3]> = assembler
                     .missing()
                     .into_iter()

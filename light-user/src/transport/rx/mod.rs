@@ -217,6 +217,15 @@ impl Receiver {
         }
     }
 
+    /// Light frames too long for an AF_XDP chunk that the XDP program passed to the stack
+    /// (see [`Counter::Oversize`](light_common::Counter::Oversize)); 0 on the socket path.
+    pub fn oversize(&self) -> Result<u64, RxError> {
+        match self {
+            Receiver::Xdp(x) => x.program().counter(light_common::Counter::Oversize),
+            Receiver::Socket(_) => Ok(0),
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> RxStats {
         match self {

@@ -65,7 +65,7 @@ fn load_fresh() -> Result<Ebpf, RxError> {
 }
 
 /// UMEM frame size: one page, room for a jumbo-less frame with headroom.
-const FRAME_SIZE: u32 = 4096;
+const FRAME_SIZE: u32 = light_common::maps::XSK_CHUNK_SIZE;
 /// Frames (and fill/rx ring slots) per rx queue: 64 MiB, about 0.4 s of a Gbit/s stream,
 /// so a receiver that is off the CPU for a while (measured: 4 receivers and the sender on
 /// 2 cores dropped ~7% with 8192) catches up instead of losing packets.
