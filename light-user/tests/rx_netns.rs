@@ -11,7 +11,7 @@ use std::{
 };
 
 use light::transport::rx::{
-    AttachMode, Receiver, RxConfig, RxPath, frame::build_udp_frame, xdp::copy_only_driver,
+    AttachMode, Receiver, RxConfig, RxError, RxPath, frame::build_udp_frame, xdp::copy_only_driver,
 };
 use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
 use xtask::netns::{Testbed, enter, in_ns, require_root};
@@ -75,6 +75,18 @@ fn send_packets(bed: &Testbed, group: IpAddr, packets: Vec<Vec<u8>>) {
     });
 }
 
+/// Opens `path` on `iface` for `group` and the test port (in the caller's namespace).
+fn open_rx(iface: &str, group: IpAddr, path: RxPath) -> (Receiver, Option<RxError>) {
+    let cfg = RxConfig {
+        iface: iface.to_owned(),
+        group,
+        port: PORT,
+        path,
+        max_datagram: 2048,
+    };
+    Receiver::open(&cfg).expect("open receive path")
+}
+
 /// Opens `path` in the first receiver's namespace, collects `PACKETS` packets (or gives up
 /// after a bounded wait), and returns them with the XDP counters if XDP was used.
 fn receive(
@@ -86,14 +98,7 @@ fn receive(
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::spawn(move || {
         enter(&host.ns).unwrap();
-        let cfg = RxConfig {
-            iface: host.iface.clone(),
-            group,
-            port: PORT,
-            path,
-            max_datagram: 2048,
-        };
-        let (mut rx, fallback) = Receiver::open(&cfg).expect("open receive path");
+        let (mut rx, fallback) = open_rx(&host.iface, group, path);
         assert!(fallback.is_none(), "unexpected fallback: {fallback:?}");
         ready_tx.send(()).unwrap();
         let mut got = Vec::new();
@@ -204,14 +209,8 @@ fn unsegmented_gso_batches_are_counted_as_oversize() {
         let (ready_tx, ready_rx) = mpsc::channel();
         let handle = thread::spawn(move || {
             enter(&host.ns).unwrap();
-            let cfg = RxConfig {
-                iface: host.iface.clone(),
-                group: IpAddr::V4(GROUP),
-                port: PORT,
-                path: RxPath::Xdp { mode, insist: true },
-                max_datagram: 2048,
-            };
-            let (mut rx, _) = Receiver::open(&cfg).expect("open receive path");
+            let path = RxPath::Xdp { mode, insist: true };
+            let (mut rx, _) = open_rx(&host.iface, IpAddr::V4(GROUP), path);
             ready_tx.send(()).unwrap();
             let (mut got, mut oversize) = (0, 0);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,17 +304,11 @@ fn other_traffic_passes_and_malformed_frames_are_counted() {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let rx_thread = thread::spawn(move || {
         enter(&host.ns).unwrap();
-        let cfg = RxConfig {
-            iface: host.iface.clone(),
-            group: IpAddr::V4(GROUP),
-            port: PORT,
-            path: RxPath::Xdp {
-                mode: AttachMode::Auto,
-                insist: true,
-            },
-            max_datagram: 2048,
+        let path = RxPath::Xdp {
+            mode: AttachMode::Auto,
+            insist: true,
         };
-        let (mut rx, _) = Receiver::open(&cfg).unwrap();
+        let (mut rx, _) = open_rx(&host.iface, IpAddr::V4(GROUP), path);
         // Normal-stack listeners: unicast on another port, multicast on a non-Light port.
         let uni = UdpSocket::bind((host.addr, 9999)).unwrap();
         let other = light::transport::rx::socket::joined_socket(
@@ -558,14 +551,7 @@ fn message_filter_on(path: RxPath) {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let handle = thread::spawn(move || {
         enter(&host.ns).unwrap();
-        let cfg = RxConfig {
-            iface: host.iface.clone(),
-            group: IpAddr::V4(GROUP),
-            port: PORT,
-            path,
-            max_datagram: 2048,
-        };
-        let (mut rx, _) = Receiver::open(&cfg).expect("open receive path");
+        let (mut rx, _) = open_rx(&host.iface, IpAddr::V4(GROUP), path);
         let mut rounds = Vec::new();
         for filter in [true, false] {
             if filter {
