@@ -540,8 +540,9 @@ impl XdpRx {
     }
 }
 
-/// Largest MTU whose frames fit one UMEM chunk after the kernel's XDP headroom.
-pub const MAX_XDP_MTU: u32 = FRAME_SIZE - 256 - 14 - 4 - 320;
+/// Largest MTU whose frames fit one UMEM chunk after the kernel's XDP headroom, with an
+/// Ethernet header, one VLAN tag and the kernel's tailroom (`skb_shared_info`, 320 bytes).
+pub const MAX_XDP_MTU: u32 = light_common::maps::XSK_RX_FRAME_MAX as u32 - 14 - 4 - 320;
 
 /// The MTU of `iface` (asked through a socket, so it works inside any network namespace).
 pub fn mtu(iface: &str) -> Result<u32, RxError> {
