@@ -237,6 +237,66 @@ fn unsegmented_gso_batches_are_counted_as_oversize() {
     }
 }
 
+/// `light listen` reports the oversize frames in its summary and says what to do.
+#[test]
+fn listen_reports_oversize_frames() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let child = spawn_listen(&bed, &["--xdp-mode", "skb", "--json", "--seconds", "60"]);
+    // Let the IGMP join settle on the bridge.
+    thread::sleep(Duration::from_millis(200));
+    send_gso_batches(&bed, 3, 4);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child by pid; it prints its summary and exits.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["oversize_frames"], 3, "{summary}");
+    assert_eq!(summary["valid"], 0, "{summary}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 Light frames arrived too long for AF_XDP"),
+        "{err}"
+    );
+}
+
+/// Starts `light listen --require-xdp` with `extra` arguments in the first receiver's
+/// namespace and waits (up to 20 s) until its XDP program is attached.
+fn spawn_listen(bed: &Testbed, extra: &[&str]) -> std::process::Child {
+    let h = &bed.receivers[0];
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.ns,
+            env!("CARGO_BIN_EXE_light"),
+            "listen",
+        ])
+        .args([
+            "--iface",
+            &h.iface,
+            "--port",
+            &PORT.to_string(),
+            "--require-xdp",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !xdp_attached(bed) && Instant::now() < deadline {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "light listen exited early"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_attached(bed), "light listen attached XDP");
+    child
+}
+
 /// Sends `batches` UDP GSO sends of `segments` Light packets each from the server namespace.
 fn send_gso_batches(bed: &Testbed, batches: usize, segments: usize) {
     use std::os::fd::AsRawFd;
@@ -437,31 +497,7 @@ fn send_raw((fd, addr): &(std::os::fd::OwnedFd, libc::sockaddr_ll), frame: &[u8]
 fn sigint_detaches_the_program() {
     require_root().unwrap();
     let bed = Testbed::new(1, 1500).unwrap();
-    let h = &bed.receivers[0];
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &h.ns,
-            env!("CARGO_BIN_EXE_light"),
-            "listen",
-            "--iface",
-            &h.iface,
-        ])
-        .args(["--require-xdp", "--port", &PORT.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !xdp_attached(&bed) && Instant::now() < deadline {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "light listen exited early"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(xdp_attached(&bed), "light listen attached XDP");
+    let mut child = spawn_listen(&bed, &[]);
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -117,6 +117,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     let s = rx.stats();
+    let oversize = rx.oversize().unwrap_or(0);
+    if let Some(note) = rx.oversize_note() {
+        eprintln!("light: {note}");
+    }
     let span = first
         .map(|f| (last - f).as_secs_f64())
         .unwrap_or(0.0)
@@ -128,7 +132,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "path": rx.describe(), "valid": valid, "invalid": invalid, "bytes": s.bytes,
-                "malformed_frames": s.malformed, "seconds": span, "pps": pps, "gbps": gbps,
+                "malformed_frames": s.malformed, "oversize_frames": oversize, "seconds": span,
+                "pps": pps, "gbps": gbps,
                 "end_seen": ended,
             })
         );

@@ -852,14 +852,9 @@ impl DataJob {
                 idle_nacked = true;
                 // Otherwise such a loss has no visible cause: XDP saw the frames, the ring
                 // never got them.
-                if let Ok(n @ 1..) = rx.oversize()
-                    && !std::mem::replace(&mut oversize_told, true)
-                {
-                    eprintln!(
-                        "light: {n} Light frames arrived too long for AF_XDP (UDP GSO batches \
-                         that nothing segmented on the way); this path loses them: use \
-                         --xdp-mode driver or --no-xdp"
-                    );
+                if !oversize_told && let Some(note) = rx.oversize_note() {
+                    oversize_told = true;
+                    eprintln!("light: {note}");
                 }
                 let blocks: Vec<[u32; 3]> = assembler
                     .missing()
