@@ -14,7 +14,7 @@ use light::transport::rx::{
     AttachMode, Receiver, RxConfig, RxError, RxPath, frame::build_udp_frame, xdp::copy_only_driver,
 };
 use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
-use xtask::netns::{Testbed, enter, in_ns, require_root};
+use xtask::netns::{Host, Testbed, enter, in_ns, require_root};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 77, 1, 1);
 const GROUP6: &str = "ff05::77:1";
@@ -50,20 +50,7 @@ fn send_packets(bed: &Testbed, group: IpAddr, packets: Vec<Vec<u8>>) {
     thread::scope(|s| {
         s.spawn(move || {
             enter(&server.ns).unwrap();
-            let sock = if group.is_ipv4() {
-                let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
-                socket2::SockRef::from(&sock)
-                    .set_multicast_if_v4(&server.addr)
-                    .unwrap();
-                sock
-            } else {
-                let sock = UdpSocket::bind("[::]:0").unwrap();
-                let idx = light::transport::rx::socket::ifindex(&server.iface).unwrap();
-                socket2::SockRef::from(&sock)
-                    .set_multicast_if_v6(idx)
-                    .unwrap();
-                sock
-            };
+            let sock = sender_socket(&server, group);
             let dst = SocketAddr::new(group, PORT);
             for (seq, p) in packets.iter().enumerate() {
                 sock.send_to(p, dst).unwrap();
@@ -73,6 +60,24 @@ fn send_packets(bed: &Testbed, group: IpAddr, packets: Vec<Vec<u8>>) {
             }
         });
     });
+}
+
+/// A UDP socket of `server` (in its namespace) that multicasts to `group` on its link.
+fn sender_socket(server: &Host, group: IpAddr) -> UdpSocket {
+    if group.is_ipv4() {
+        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
+        socket2::SockRef::from(&sock)
+            .set_multicast_if_v4(&server.addr)
+            .unwrap();
+        sock
+    } else {
+        let sock = UdpSocket::bind("[::]:0").unwrap();
+        let idx = light::transport::rx::socket::ifindex(&server.iface).unwrap();
+        socket2::SockRef::from(&sock)
+            .set_multicast_if_v6(idx)
+            .unwrap();
+        sock
+    }
 }
 
 /// Opens `path` on `iface` for `group` and the test port (in the caller's namespace).
@@ -304,10 +309,7 @@ fn send_gso_batches(bed: &Testbed, batches: usize, segments: usize) {
     thread::scope(|s| {
         s.spawn(move || {
             enter(&server.ns).unwrap();
-            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(server.addr), 0)).unwrap();
-            socket2::SockRef::from(&sock)
-                .set_multicast_if_v4(&server.addr)
-                .unwrap();
+            let sock = sender_socket(&server, IpAddr::V4(GROUP));
             let seg = packet(4).len();
             let size = libc::c_int::try_from(seg).unwrap();
             // SAFETY: UDP_SEGMENT takes an int, passed by pointer with its size.

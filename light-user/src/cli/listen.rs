@@ -118,7 +118,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let s = rx.stats();
     let oversize = rx.oversize().unwrap_or(0);
-    if let Some(note) = rx.oversize_note() {
+    if let Some(note) = Receiver::oversize_note(oversize) {
         eprintln!("light: {note}");
     }
     let span = first

@@ -852,7 +852,9 @@ impl DataJob {
                 idle_nacked = true;
                 // Otherwise such a loss has no visible cause: XDP saw the frames, the ring
                 // never got them.
-                if !oversize_told && let Some(note) = rx.oversize_note() {
+                if !oversize_told
+                    && let Some(note) = rx.oversize().ok().and_then(Receiver::oversize_note)
+                {
                     oversize_told = true;
                     eprintln!("light: {note}");
                 }

@@ -226,13 +226,14 @@ impl Receiver {
         }
     }
 
-    /// What to tell the user when [`Receiver::oversize`] frames were seen (None if none).
-    pub fn oversize_note(&self) -> Option<String> {
-        let n = self.oversize().ok().filter(|&n| n > 0)?;
-        Some(format!(
-            "{n} Light frames arrived too long for AF_XDP (UDP GSO batches that nothing \
+    /// What to tell the user when `n` [`Receiver::oversize`] frames were seen (None if none).
+    pub fn oversize_note(n: u64) -> Option<String> {
+        (n > 0).then(|| {
+            format!(
+                "{n} Light frames arrived too long for AF_XDP (UDP GSO batches that nothing \
              segmented on the way); this path loses them: use --xdp-mode driver or --no-xdp"
-        ))
+            )
+        })
     }
 
     /// Counters so far.
