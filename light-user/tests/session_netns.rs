@@ -1077,3 +1077,88 @@ fn a_killed_receiver_rejoins_the_running_session() {
     );
     assert_eq!(rep["placed_bytes"].as_u64().unwrap(), 4 * F, "placed once");
 }
+
+/// A blkio cgroup (cgroup v1) that caps the write rate of the processes moved into it on
+/// the disk holding `dir`; removed on drop, its processes handed back to the root group.
+struct SlowDisk(std::path::PathBuf);
+
+impl SlowDisk {
+    const ROOT: &'static str = "/sys/fs/cgroup/blkio";
+
+    fn new(dir: &Path, bytes_per_sec: u64) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            Path::new(Self::ROOT)
+                .join("blkio.throttle.write_bps_device")
+                .exists(),
+            "this test needs the cgroup v1 blkio controller at {}",
+            Self::ROOT
+        );
+        // Throttling applies to whole disks: a partition's disk is its parent in sysfs.
+        let dev = fs::metadata(dir).unwrap().dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let sys = Path::new("/sys/dev/block").join(format!("{major}:{minor}"));
+        let disk = if sys.join("partition").exists() {
+            fs::read_to_string(sys.join("../dev")).unwrap()
+        } else {
+            format!("{major}:{minor}")
+        };
+        let group = Path::new(Self::ROOT).join(format!("light-test-{}", std::process::id()));
+        fs::create_dir_all(&group).unwrap();
+        let cg = Self(group);
+        fs::write(
+            cg.0.join("blkio.throttle.write_bps_device"),
+            format!("{} {bytes_per_sec}", disk.trim()),
+        )
+        .unwrap();
+        cg
+    }
+
+    fn add(&self, pid: u32) {
+        fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        if let Ok(pids) = fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in pids.lines() {
+                let _ = fs::write(Path::new(Self::ROOT).join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A receiver whose disk is slower than the network holds at most `--write-buffer` bytes
+/// for its writer: reception pauses, and what it misses comes back in repair rounds. Its
+/// writes are capped at 8 MB/s against a 200 Mbit/s multicast (25 MB/s).
+#[test]
+fn a_disk_slower_than_the_network_bounds_the_memory_held() {
+    require_root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("library");
+    fs::create_dir_all(&library).unwrap();
+    fill_file(&library.join("big.bin"), 40 << 20, 5).unwrap();
+    let bed = Testbed::new(1, 1500).unwrap();
+    let mut s = spec(dir.path(), &["big.bin"], "0");
+    s.rate = "200M".into();
+    let buffer: u64 = 4 << 20;
+    // Direct I/O: a v1 blkio cgroup throttles the writes a process issues itself.
+    s.receive_args = vec![vec![
+        "--direct-io".into(),
+        format!("--write-buffer={buffer}"),
+    ]];
+    let slow = SlowDisk::new(dir.path(), 8_000_000);
+    let running = xtask::demo::spawn_session(&bed, &s).unwrap();
+    slow.add(running.receiver_pid(0));
+    let run = running.wait(Duration::from_secs(120)).unwrap();
+    drop(slow);
+    assert_all_identical(&run);
+    let sum: serde_json::Value = serde_json::from_str(run.receivers[0].output.trim()).unwrap();
+    assert!(sum["disk_wait_seconds"].as_f64().unwrap() > 0.0, "{sum}");
+    // The pause is checked after each receive batch: a block or two may complete past it.
+    let peak = sum["write_backlog_peak"].as_u64().unwrap();
+    assert!(peak > buffer && peak <= buffer + (1 << 20), "{sum}");
+    assert!(report(&run)["repair_rounds"].as_u64().unwrap() >= 1);
+}

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::listen::RxArgs;
+use super::{listen::RxArgs, units::parse_size};
 use crate::{
     control::receiver::{ProgressFn, ReceiveConfig, receive},
     transport::rx::{AttachMode, RxPath},
@@ -57,9 +57,28 @@ pub struct Args {
     /// cache and its writeback are faster (measured in the README's Performance section).
     #[arg(long)]
     direct_io: bool,
+    /// Most received bytes held in memory while they wait for the disk (`256MiB`, `1GiB`).
+    /// When the disk is slower than the network, reception pauses at this much and what it
+    /// misses meanwhile comes back in repair rounds, so memory stays bounded.
+    #[arg(long, default_value = "256MiB", value_parser = parse_write_buffer)]
+    write_buffer: u64,
     /// Print a one-line JSON summary per content on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Smallest `--write-buffer`: a few FEC blocks, so a pause ends with a stretch of reading.
+const MIN_WRITE_BUFFER: u64 = 4 << 20;
+
+fn parse_write_buffer(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < MIN_WRITE_BUFFER {
+        return Err(format!(
+            "`{s}` is less than the smallest write buffer, {} MiB",
+            MIN_WRITE_BUFFER >> 20
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_key(s: &str) -> Result<String, String> {
@@ -93,6 +112,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         token: a.token.clone(),
         server_key: a.server_key.clone(),
         direct_io: a.direct_io,
+        write_buffer: a.write_buffer,
     };
     // indicatif hides the bar when stderr is not a terminal.
     let bar = ProgressBar::new(0).with_style(

@@ -58,6 +58,8 @@ pub struct ReceiveConfig {
     pub server_key: Option<String>,
     /// Write whole pages past the page cache (`O_DIRECT`) instead of through it.
     pub direct_io: bool,
+    /// Most received bytes held in memory for the writer; beyond it reception pauses.
+    pub write_buffer: u64,
 }
 
 /// One-line outcome of a reception.
@@ -101,6 +103,10 @@ pub struct ReceiveSummary {
     pub loss: f64,
     /// File bytes written past the page cache (`--direct-io`).
     pub direct_io_bytes: u64,
+    /// Most received bytes that waited for the writer at once.
+    pub write_backlog_peak: u64,
+    /// Seconds reception paused because the writer held `--write-buffer` bytes.
+    pub disk_wait_seconds: f64,
 }
 
 /// Live progress for a progress bar: `(content, file bytes done, file size)`.
@@ -304,6 +310,7 @@ async fn receive_content(
         cache_len: *cache_len,
         out: cfg.out.clone(),
         direct_io: cfg.direct_io,
+        write_buffer: cfg.write_buffer,
         rx,
         idle: cfg.idle_timeout,
         stop,
@@ -566,6 +573,7 @@ struct DataJob {
     cache_len: u64,
     out: PathBuf,
     direct_io: bool,
+    write_buffer: u64,
     rx: RxConfig,
     idle: Duration,
     stop: Arc<AtomicBool>,
@@ -639,11 +647,14 @@ impl DataJob {
         // XOR decoding and writing run on their own thread, so a completed message (up to a
         // subfile long) never stalls the ring the packets arrive on.
         let decoded = Arc::new(AtomicU64::new(0));
+        // Streamed bytes handed on and not yet written: the receive loop pauses while they
+        // exceed `write_buffer`, so a disk slower than the network cannot fill the memory.
+        let backlog = Arc::new(AtomicU64::new(0));
         let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Event>();
         // Written block buffers go back to the assembler for later blocks.
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let writer = {
-            let (cache, decoded) = (cache.clone(), decoded.clone());
+            let (cache, decoded, backlog) = (cache.clone(), decoded.clone(), backlog.clone());
             std::thread::Builder::new()
                 .name("light-write".into())
                 .spawn(move || -> Result<(OutputFile, Decoder), SessionError> {
@@ -677,11 +688,13 @@ impl DataJob {
                                 )));
                             }
                         };
+                        let held = bytes.len() as u64;
                         for r in decoder.take_piece(message, offset, bytes, cache)? {
                             out.write_at(r.offset, &r.data)?;
                             decoded.fetch_add(r.data.len() as u64, Ordering::Relaxed);
                             let _ = spare_tx.send(r.data);
                         }
+                        backlog.fetch_sub(held, Ordering::Relaxed);
                         if last {
                             decoder.streamed(message)?;
                         }
@@ -779,6 +792,7 @@ impl DataJob {
                 None => None,
             };
         let mut auth_failed = 0u64;
+        let (mut backlog_peak, mut disk_wait) = (0u64, Duration::ZERO);
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let before = assembler.stats().in_session;
             let mut trusted = false;
@@ -806,7 +820,17 @@ impl DataJob {
                 }
                 // The decoder and writer only stop early on an error, which join() reports
                 // below.
-                match assembler.on_packet(p) {
+                let event = assembler.on_packet(p);
+                let held = match &event {
+                    Some(Event::Restore(r)) => r.piece_len() as u64,
+                    Some(Event::Piece { bytes, .. }) => bytes.len() as u64,
+                    _ => 0,
+                };
+                if held > 0 {
+                    let now_held = backlog.fetch_add(held, Ordering::Relaxed) + held;
+                    backlog_peak = backlog_peak.max(now_held);
+                }
+                match event {
                     Some(Event::Restore(r)) => {
                         let _ = restore_tx.send(r);
                     }
@@ -816,6 +840,31 @@ impl DataJob {
                     None => {}
                 }
             })?;
+            if backlog.load(Ordering::Relaxed) > self.write_buffer {
+                if disk_wait.is_zero() {
+                    eprintln!(
+                        "light: the disk is slower than the network: reception pauses while \
+                         {} MiB wait to be written (--write-buffer); what it misses comes back \
+                         in repair rounds",
+                        self.write_buffer >> 20
+                    );
+                }
+                let paused = Instant::now();
+                // Down to half, so reading resumes for a stretch rather than per batch. The
+                // writer and decoder only stop early on an error, which join() reports below.
+                while backlog.load(Ordering::Relaxed) > self.write_buffer / 2
+                    && !writer.is_finished()
+                    && !restorer.is_finished()
+                    && !self.stop.load(Ordering::Relaxed)
+                    && !self.abort.load(Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                disk_wait += paused.elapsed();
+                // The pause was ours, not a quiet network: no repair request or idle timeout
+                // for it.
+                last_packet = Instant::now();
+            }
             // Filtered frames count as arrivals: they keep a receiver whose messages come
             // late in the pass from taking the quiet for the end of it.
             if filtering && noted_at.elapsed() >= FILTER_POLL {
@@ -955,6 +1004,8 @@ impl DataJob {
             auth_failed,
             loss: stats.loss(),
             direct_io_bytes,
+            write_backlog_peak: backlog_peak,
+            disk_wait_seconds: disk_wait.as_secs_f64(),
         })
     }
 }

@@ -58,6 +58,11 @@ pub struct Restore {
 pub struct BlockDecoder(Option<ReedSolomonDecoder>);
 
 impl Restore {
+    /// Bytes of the piece [`Restore::run`] yields.
+    pub fn piece_len(&self) -> usize {
+        self.len
+    }
+
     /// Restores the missing sources; the block's bytes, as an [`Event::Piece`] has them.
     /// Fails only on inconsistent shards, which the assembler's checks rule out.
     pub fn run(mut self, decoder: &mut BlockDecoder) -> Result<Vec<u8>, FecError> {
