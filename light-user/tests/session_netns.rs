@@ -1098,6 +1098,11 @@ impl SlowDisk {
         let dev = fs::metadata(dir).unwrap().dev();
         let (major, minor) = (libc::major(dev), libc::minor(dev));
         let sys = Path::new("/sys/dev/block").join(format!("{major}:{minor}"));
+        assert!(
+            sys.exists(),
+            "{} is on no block device ({major}:{minor}); blkio cannot slow it",
+            dir.display()
+        );
         let disk = if sys.join("partition").exists() {
             fs::read_to_string(sys.join("../dev")).unwrap()
         } else {
@@ -1157,8 +1162,9 @@ fn a_disk_slower_than_the_network_bounds_the_memory_held() {
     assert_all_identical(&run);
     let sum: serde_json::Value = serde_json::from_str(run.receivers[0].output.trim()).unwrap();
     assert!(sum["disk_wait_seconds"].as_f64().unwrap() > 0.0, "{sum}");
-    // The pause is checked after each receive batch: a block or two may complete past it.
+    // The pause is checked after each receive batch: a few blocks may complete past it.
+    // Without the pause, 26.8 MB of the 40 MiB waited here (measured).
     let peak = sum["write_backlog_peak"].as_u64().unwrap();
-    assert!(peak > buffer && peak <= buffer + (1 << 20), "{sum}");
+    assert!(peak > buffer && peak <= buffer + (4 << 20), "{sum}");
     assert!(report(&run)["repair_rounds"].as_u64().unwrap() >= 1);
 }

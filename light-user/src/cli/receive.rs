@@ -57,9 +57,9 @@ pub struct Args {
     /// cache and its writeback are faster (measured in the README's Performance section).
     #[arg(long)]
     direct_io: bool,
-    /// Most received bytes held in memory while they wait for the disk (`256MiB`, `1GiB`).
-    /// When the disk is slower than the network, reception pauses at this much and what it
-    /// misses meanwhile comes back in repair rounds, so memory stays bounded.
+    /// Received bytes that may wait in memory for the disk (`256MiB`, `1GiB`). When the disk
+    /// is slower than the network, reception pauses at this much (give or take one receive
+    /// batch) and what it misses meanwhile is repaired like any loss.
     #[arg(long, default_value = "256MiB", value_parser = parse_write_buffer)]
     write_buffer: u64,
     /// Print a one-line JSON summary per content on stdout.

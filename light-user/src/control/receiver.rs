@@ -851,7 +851,8 @@ impl DataJob {
                 }
                 let paused = Instant::now();
                 // Down to half, so reading resumes for a stretch rather than per batch. The
-                // writer and decoder only stop early on an error, which join() reports below.
+                // writer and decoder only stop early on an error, which join() reports below,
+                // so then reception ends.
                 while backlog.load(Ordering::Relaxed) > self.write_buffer / 2
                     && !writer.is_finished()
                     && !restorer.is_finished()
@@ -861,6 +862,9 @@ impl DataJob {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 disk_wait += paused.elapsed();
+                if writer.is_finished() || restorer.is_finished() {
+                    break;
+                }
                 // The pause was ours, not a quiet network: no repair request or idle timeout
                 // for it.
                 last_packet = Instant::now();
