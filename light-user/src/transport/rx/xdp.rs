@@ -13,7 +13,9 @@ use aya::{
 };
 use light_common::maps::{Counter, PORT_MAP, XSK_MAP};
 use socket2::Socket as StdSocket;
-use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
+use xdpilone::{
+    DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User, xdp::XdpDesc,
+};
 
 use super::{
     RxError, RxStats,
@@ -356,11 +358,27 @@ impl XskQueue {
     }
 
     fn drain(&mut self, port: u16, stats: &mut RxStats, sink: &mut dyn FnMut(&[u8])) -> usize {
-        let mut n = 0;
-        {
+        let mut descs = [XdpDesc::default(); RX_BATCH as usize];
+        let n = {
             let mut r = self.rx.receive(RX_BATCH);
-            while let Some(desc) = r.read() {
+            let mut n = 0;
+            while let Some(d) = r.read() {
+                descs[n] = d;
                 n += 1;
+            }
+            r.release();
+            n
+        };
+        for (i, desc) in descs[..n].iter().enumerate() {
+            // The kernel wrote the next frame from another CPU's softirq: fetch it while
+            // this one is checked and copied (measured: the MAC over cold frames cost
+            // twice its time over the socket path's freshly copied ones).
+            if let Some(next) = descs.get(i + 1).filter(|_| i + 1 < n)
+                && let Some(b) = self.area.bytes(next.addr, next.len)
+            {
+                prefetch(b);
+            }
+            {
                 match self.area.bytes(desc.addr, desc.len).map(parse_udp) {
                     Some(Ok(dg)) if dg.dst_port == port => {
                         stats.packets += 1;
@@ -373,7 +391,6 @@ impl XskQueue {
                 self.free
                     .push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
             }
-            r.release();
         }
         if n > 0 {
             stats.batches += 1;
@@ -636,4 +653,19 @@ pub fn rx_queue_count(iface: &str) -> u32 {
         })
         .unwrap_or(1)
         .max(1)
+}
+
+/// Asks the CPU to load `bytes` into its caches ahead of use.
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching is a hint that never faults; the address is inside `bytes`.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
