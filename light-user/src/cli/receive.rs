@@ -166,3 +166,17 @@ impl RxArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_buffer_takes_sizes_down_to_the_minimum() {
+        assert_eq!(parse_write_buffer("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_write_buffer("4MiB"), Ok(MIN_WRITE_BUFFER));
+        let e = parse_write_buffer("1M").unwrap_err();
+        assert!(e.contains("smallest write buffer, 4 MiB"), "{e}");
+        assert!(parse_write_buffer("lots").is_err());
+    }
+}
