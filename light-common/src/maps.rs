@@ -27,6 +27,9 @@ pub const XSK_CHUNK_SIZE: u32 = 4096;
 /// Longest frame an AF_XDP socket in copy mode takes into one chunk: the kernel keeps its
 /// XDP headroom (256 bytes) at the start of every chunk.
 pub const XSK_RX_FRAME_MAX: usize = XSK_CHUNK_SIZE as usize - 256;
+/// Longest frame the multi-buffer program (`light_xdp_frags`, for jumbo-frame links)
+/// redirects: three chunks' worth, room for a 9216-byte MTU with a VLAN tag.
+pub const XSK_SG_FRAME_MAX: usize = 3 * XSK_RX_FRAME_MAX;
 
 /// Per-CPU counters kept by the XDP program.
 #[repr(u32)]
@@ -45,8 +48,9 @@ pub enum Counter {
     /// Shards of the filtered session for messages this receiver does not want: dropped
     /// before they are copied to the AF_XDP ring.
     Unwanted = 5,
-    /// Light frames longer than [`XSK_RX_FRAME_MAX`] (UDP GSO batches nothing segmented on
-    /// the way, seen in skb mode): no AF_XDP chunk holds them, so they go to the stack.
+    /// Light frames longer than the program redirects ([`XSK_RX_FRAME_MAX`], or
+    /// [`XSK_SG_FRAME_MAX`] for the multi-buffer program): UDP GSO batches nothing segmented
+    /// on the way, seen in skb mode. They go to the stack.
     Oversize = 6,
 }
 

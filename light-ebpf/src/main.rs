@@ -8,11 +8,13 @@
 //! session whose message is not in `LIGHT_WANT` are dropped (`XDP_DROP`): coded caching
 //! multicasts every message to every receiver, and most are for others. The socket receive
 //! path attaches `light_sock`, the same filter as a socket filter on its UDP socket.
+//! `light_xdp_frags` is `light_xdp` for links whose frames span several buffers (jumbo MTUs).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_xdp_get_buff_len,
     macros::{map, socket_filter, xdp},
     maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::{SkBuffContext, XdpContext},
@@ -21,7 +23,7 @@ use light_common::{
     MAGIC, PacketKind,
     maps::{
         COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED,
-        XSK_RX_FRAME_MAX,
+        XSK_RX_FRAME_MAX, XSK_SG_FRAME_MAX,
     },
 };
 
@@ -101,7 +103,7 @@ enum Verdict {
 // that one pointer: the verifier tracks the checked range per pointer, and per-field
 // checks at variable offsets get merged by LLVM into forms the verifier rejects.
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Verdict {
+fn classify(ctx: &XdpContext, frame_len: usize) -> Verdict {
     let Some(eth) = ptr_at(ctx, 0, ETH_HLEN) else {
         return Verdict::Malformed;
     };
@@ -125,7 +127,8 @@ fn classify(ctx: &XdpContext) -> Verdict {
                 return Verdict::Malformed;
             }
             // Only unfragmented datagrams carry a UDP header we can trust; Light never fragments.
-            if at(ip, 9) != IPPROTO_UDP || at(ip, 16) & 0xf0 != 0xe0 || be16_at(ip, 6) & 0x3fff != 0 {
+            if at(ip, 9) != IPPROTO_UDP || at(ip, 16) & 0xf0 != 0xe0 || be16_at(ip, 6) & 0x3fff != 0
+            {
                 return Verdict::Pass;
             }
             l3 + ihl
@@ -151,7 +154,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
         return Verdict::Pass;
     }
     let ulen = be16_at(udp, 4) as usize;
-    if ulen < UDP_HLEN || ctx.data() + l4 + ulen > ctx.data_end() {
+    if ulen < UDP_HLEN || l4 + ulen > frame_len {
         return Verdict::Malformed;
     }
     Verdict::Light(l4)
@@ -211,8 +214,25 @@ pub fn light_sock(ctx: SkBuffContext) -> i64 {
 /// Entry point: steer Light multicast into AF_XDP, pass everything else.
 #[xdp]
 pub fn light_xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    steer(&ctx, len, XSK_RX_FRAME_MAX)
+}
+
+/// The same for links whose frames span several buffers (jumbo MTUs): the headers are read
+/// from the first buffer, the length is the whole frame's, and the AF_XDP socket takes the
+/// frame in up to three chunks (`XDP_USE_SG`).
+#[xdp(frags)]
+pub fn light_xdp_frags(ctx: XdpContext) -> u32 {
+    // SAFETY: the helper only reads the context the kernel passed to this program.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    steer(&ctx, len, XSK_SG_FRAME_MAX)
+}
+
+/// Classifies a frame of `len` bytes and redirects it if it is Light's and at most `max`.
+#[inline(always)]
+fn steer(ctx: &XdpContext, len: usize, max: usize) -> u32 {
     bump(Counter::Seen);
-    match classify(&ctx) {
+    match classify(ctx, len) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Malformed => {
             bump(Counter::Malformed);
@@ -220,12 +240,12 @@ pub fn light_xdp(ctx: XdpContext) -> u32 {
         }
         Verdict::Light(l4) => {
             bump(Counter::Matched);
-            if unwanted(&ctx, l4) {
+            if unwanted(ctx, l4) {
                 bump(Counter::Unwanted);
                 return xdp_action::XDP_DROP;
             }
             // The redirect would succeed here and the copy into the ring fail later, unseen.
-            if ctx.data_end() - ctx.data() > XSK_RX_FRAME_MAX {
+            if len > max {
                 bump(Counter::Oversize);
                 return xdp_action::XDP_PASS;
             }

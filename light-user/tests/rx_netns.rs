@@ -23,9 +23,15 @@ const PACKETS: u32 = 4000;
 /// Largest Light payload in one 1500-byte IPv6 frame (IPv4 allows 20 bytes more; Light
 /// never sends fragments, and the XDP program passes them to the stack).
 const MAX_PAYLOAD: usize = 1500 - 40 - 8 - HEADER_LEN;
+/// Largest Light payload in one 9000-byte IPv4 frame.
+const JUMBO_PAYLOAD: usize = 9000 - 20 - 8 - HEADER_LEN;
 
 fn packet(seq: u32) -> Vec<u8> {
-    let sizes = [0, 1, 63, 512, 1000, MAX_PAYLOAD];
+    packet_sized(seq, &[0, 1, 63, 512, 1000, MAX_PAYLOAD])
+}
+
+/// Test packet `seq`, its payload length taken in turn from `sizes`.
+fn packet_sized(seq: u32, sizes: &[usize]) -> Vec<u8> {
     let len = sizes[seq as usize % sizes.len()];
     let mut h = DataHeader::new(PacketKind::Probe, 42);
     h.seq = seq;
@@ -38,13 +44,8 @@ fn packet(seq: u32) -> Vec<u8> {
     p
 }
 
-/// Sends every test packet from the server namespace; paced gently so the socket path
+/// Sends `packets` to `group` from the server namespace; paced gently so the socket path
 /// (the slower one) sees no kernel-side drops either.
-fn send_all(bed: &Testbed, group: IpAddr) {
-    send_packets(bed, group, (0..PACKETS).map(packet).collect());
-}
-
-/// Sends `packets` to `group` from the server namespace, paced like `send_all`.
 fn send_packets(bed: &Testbed, group: IpAddr, packets: Vec<Vec<u8>>) {
     let server = bed.server.clone();
     thread::scope(|s| {
@@ -87,7 +88,7 @@ fn open_rx(iface: &str, group: IpAddr, path: RxPath) -> (Receiver, Option<RxErro
         group,
         port: PORT,
         path,
-        max_datagram: 2048,
+        max_datagram: 9216,
     };
     Receiver::open(&cfg).expect("open receive path")
 }
@@ -99,6 +100,17 @@ fn receive(
     path: RxPath,
     group: IpAddr,
 ) -> (Vec<Vec<u8>>, Option<[u64; Counter::ALL.len()]>, String) {
+    receive_set(bed, path, group, (0..PACKETS).map(packet).collect())
+}
+
+/// [`receive`] for any `packets` (at most `PACKETS`, sent in order).
+fn receive_set(
+    bed: &Testbed,
+    path: RxPath,
+    group: IpAddr,
+    packets: Vec<Vec<u8>>,
+) -> (Vec<Vec<u8>>, Option<[u64; Counter::ALL.len()]>, String) {
+    let count = packets.len();
     let host = bed.receivers[0].clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::spawn(move || {
@@ -108,7 +120,7 @@ fn receive(
         ready_tx.send(()).unwrap();
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while got.len() < PACKETS as usize && Instant::now() < deadline {
+        while got.len() < count && Instant::now() < deadline {
             rx.recv_batch(Duration::from_millis(50), &mut |p| got.push(p.to_vec()))
                 .unwrap();
         }
@@ -123,7 +135,7 @@ fn receive(
         .expect("receiver ready");
     // Let the IGMP join settle on the bridge.
     thread::sleep(Duration::from_millis(200));
-    send_all(bed, group);
+    send_packets(bed, group, packets);
     handle.join().unwrap()
 }
 
@@ -139,6 +151,49 @@ fn assert_all_identical(got: &[Vec<u8>]) {
             h.seq
         );
     }
+}
+
+/// Jumbo frames span several UMEM chunks: the multi-buffer program and `XDP_USE_SG` sockets
+/// gather them, byte for byte what the socket path delivers. The sizes put payloads on both
+/// sides of the chunk boundaries.
+#[test]
+fn jumbo_frames_arrive_whole_over_multi_buffer_af_xdp() {
+    require_root().unwrap();
+    let bed = Testbed::new(1, 9000).unwrap();
+    let sizes = [0, 1, 3000, 3900, 7700, 8000, JUMBO_PAYLOAD];
+    let packets: Vec<Vec<u8>> = (0..PACKETS).map(|s| packet_sized(s, &sizes)).collect();
+    let check = |got: &[Vec<u8>]| {
+        assert_eq!(got.len(), packets.len(), "every packet must arrive");
+        let mut seen = vec![false; packets.len()];
+        for p in got {
+            let (h, _) = DataHeader::parse(p).expect("valid Light packet");
+            assert_eq!(
+                p, &packets[h.seq as usize],
+                "bytes differ for seq {}",
+                h.seq
+            );
+            assert!(!std::mem::replace(&mut seen[h.seq as usize], true));
+        }
+    };
+    let xdp_path = RxPath::Xdp {
+        mode: AttachMode::Auto,
+        insist: true,
+    };
+    let (xdp, counters, desc) = receive_set(&bed, xdp_path, IpAddr::V4(GROUP), packets.clone());
+    eprintln!("XDP path: {desc}");
+    assert!(desc.contains("multi-buffer"), "{desc}");
+    check(&xdp);
+    let c = counters.unwrap();
+    assert!(
+        c[Counter::Redirected as usize] >= u64::from(PACKETS),
+        "counters {c:?}"
+    );
+    assert_eq!(c[Counter::Oversize as usize], 0, "counters {c:?}");
+    assert_eq!(c[Counter::Malformed as usize], 0, "counters {c:?}");
+
+    let (sock, _, desc) = receive_set(&bed, RxPath::Socket, IpAddr::V4(GROUP), packets.clone());
+    assert!(desc.contains("socket"), "{desc}");
+    check(&sock);
 }
 
 fn xdp_attached(bed: &Testbed) -> bool {
@@ -528,7 +583,7 @@ fn missing_interface_is_a_clear_error() {
             mode: AttachMode::Auto,
             insist: true,
         },
-        max_datagram: 2048,
+        max_datagram: 9216,
     };
     let err = Receiver::open(&cfg).err().expect("must fail").to_string();
     assert!(

@@ -539,10 +539,10 @@ fn forged_and_replayed_packets_are_dropped() {
     );
 }
 
-/// MTU 9000: frames do not fit an AF_XDP chunk, so receivers say so and fall back to the
-/// socket path; the session still verifies with jumbo symbols.
+/// MTU 9000: each frame spans several AF_XDP chunks, which receivers gather (multi-buffer
+/// XDP, `XDP_USE_SG`); a coded session verifies with jumbo symbols.
 #[test]
-fn jumbo_frames_fall_back_to_the_socket_path() {
+fn jumbo_frames_take_the_multi_buffer_af_xdp_path() {
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     library(&dir.path().join("library"), 2);
@@ -553,7 +553,11 @@ fn jumbo_frames_fall_back_to_the_socket_path() {
     assert_all_identical(&run);
     for r in &run.receivers {
         let sum: serde_json::Value = serde_json::from_str(r.output.trim()).unwrap();
-        assert!(sum["rx_path"].as_str().unwrap().contains("socket"), "{sum}");
+        let path = sum["rx_path"].as_str().unwrap();
+        assert!(
+            path.contains("AF_XDP") && path.contains("multi-buffer"),
+            "{sum}"
+        );
     }
     assert_eq!(report(&run)["fec"]["symbol_size"].as_u64().unwrap(), 8896);
 }

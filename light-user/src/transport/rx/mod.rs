@@ -17,7 +17,7 @@ pub use xdp::{AttachMode, XdpRx};
 pub enum RxError {
     /// The link's frames do not fit an AF_XDP frame.
     #[error(
-        "AF_XDP receive needs an MTU of at most {max} on `{iface}` (it is {mtu}); jumbo frames use the socket path"
+        "AF_XDP receive takes an MTU of at most {max} on `{iface}` (it is {mtu}); such frames use the socket path"
     )]
     MtuTooLarge {
         /// Interface name.

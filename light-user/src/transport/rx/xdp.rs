@@ -11,7 +11,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, XskMap},
     programs::{Xdp, XdpMode},
 };
-use light_common::maps::{Counter, PORT_MAP, XSK_MAP};
+use light_common::maps::{Counter, PORT_MAP, XSK_MAP, XSK_SG_FRAME_MAX};
 use socket2::Socket as StdSocket;
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User, xdp::XdpDesc,
@@ -66,7 +66,8 @@ fn load_fresh() -> Result<Ebpf, RxError> {
         .map_err(|e| RxError::Load(Box::new(e)))
 }
 
-/// UMEM frame size: one page, room for a jumbo-less frame with headroom.
+/// UMEM frame size: one page, room for a jumbo-less frame with headroom (jumbo frames
+/// span several, see [`MAX_XDP_SG_MTU`]).
 const FRAME_SIZE: u32 = light_common::maps::XSK_CHUNK_SIZE;
 /// Frames (and fill/rx ring slots) per rx queue: 64 MiB, about 0.4 s of a Gbit/s stream,
 /// so a receiver that is off the CPU for a while (measured: 4 receivers and the sender on
@@ -74,6 +75,10 @@ const FRAME_SIZE: u32 = light_common::maps::XSK_CHUNK_SIZE;
 const FRAMES: u32 = 16384;
 /// Descriptors read per ring pass.
 const RX_BATCH: u32 = 256;
+/// Bind flag `XDP_USE_SG` (Linux 6.6): a frame may span several chunks.
+const XDP_USE_SG: u16 = 1 << 4;
+/// Descriptor option `XDP_PKT_CONTD`: the frame goes on in the next descriptor.
+const XDP_PKT_CONTD: u32 = 1;
 
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -105,8 +110,14 @@ pub struct XdpProgram {
 }
 
 impl XdpProgram {
-    /// Loads the program, registers `ports`, and attaches it to `iface`.
-    pub fn attach(iface: &str, ports: &[u16], mode: AttachMode) -> Result<Self, RxError> {
+    /// Loads the program, registers `ports`, and attaches it to `iface`; `frags` picks the
+    /// multi-buffer variant, which links with frames longer than a page need.
+    pub fn attach(
+        iface: &str,
+        ports: &[u16],
+        mode: AttachMode,
+        frags: bool,
+    ) -> Result<Self, RxError> {
         let ifindex = ifindex(iface)?;
         let mut ebpf = load_object()?;
         {
@@ -121,9 +132,14 @@ impl XdpProgram {
                     .map_err(|e| RxError::Map(PORT_MAP, e))?;
             }
         }
+        let name = if frags {
+            "light_xdp_frags"
+        } else {
+            "light_xdp"
+        };
         let prog: &mut Xdp = ebpf
-            .program_mut("light_xdp")
-            .ok_or(RxError::MissingMap("light_xdp program"))?
+            .program_mut(name)
+            .ok_or(RxError::MissingMap(name))?
             .try_into()
             .map_err(|e| RxError::Program(Box::new(e)))?;
         prog.load().map_err(|e| RxError::Program(Box::new(e)))?;
@@ -272,14 +288,23 @@ struct XskQueue {
     /// Frames owned by userspace, waiting to go back on the fill ring.
     free: Vec<u64>,
     zero_copy: bool,
+    /// Bound with `XDP_USE_SG`: frames may span several descriptors.
+    sg: bool,
+    /// The chunks so far of a frame that spans several (gathered: the parser and the MAC
+    /// want it in one piece).
+    partial: Vec<u8>,
+    /// The frame being gathered is too long or lies outside the UMEM: dropped at its end.
+    partial_bad: bool,
 }
 
 impl XskQueue {
-    /// Opens the socket on `area`, or on a fresh UMEM area if none is given.
+    /// Opens the socket on `area`, or on a fresh UMEM area if none is given; `sg` lets
+    /// frames span several chunks.
     fn open(
         ifname: &std::ffi::CStr,
         queue: u32,
         zero_copy: bool,
+        sg: bool,
         area: Option<Area>,
     ) -> Result<Self, RxError> {
         let err = |op: &'static str| {
@@ -318,15 +343,18 @@ impl XskQueue {
                 &SocketConfig {
                     rx_size: NonZeroU32::new(FRAMES),
                     tx_size: None,
-                    bind_flags: mode | SocketConfig::XDP_BIND_NEED_WAKEUP,
+                    bind_flags: mode
+                        | SocketConfig::XDP_BIND_NEED_WAKEUP
+                        | if sg { XDP_USE_SG } else { 0 },
                 },
             )
             .map_err(err("rx ring"))?;
         let rx = user.map_rx().map_err(err("map rx ring"))?;
-        umem.bind(&user).map_err(err(if zero_copy {
-            "bind (zero-copy)"
-        } else {
-            "bind (copy)"
+        umem.bind(&user).map_err(err(match (zero_copy, sg) {
+            (true, false) => "bind (zero-copy)",
+            (false, false) => "bind (copy)",
+            (true, true) => "bind (zero-copy, multi-buffer)",
+            (false, true) => "bind (copy, multi-buffer)",
         }))?;
         let mut q = Self {
             rx,
@@ -336,6 +364,9 @@ impl XskQueue {
             area,
             free: (0..FRAMES).map(|i| u64::from(i * FRAME_SIZE)).collect(),
             zero_copy,
+            sg,
+            partial: Vec::new(),
+            partial_bad: false,
         };
         q.refill();
         Ok(q)
@@ -380,13 +411,23 @@ impl XskQueue {
             {
                 prefetch(b);
             }
-            match self.area.bytes(desc.addr, desc.len).map(parse_udp) {
-                Some(Ok(dg)) if dg.dst_port == port => {
-                    stats.packets += 1;
-                    stats.bytes += dg.payload.len() as u64;
-                    sink(dg.payload);
+            let bytes = self.area.bytes(desc.addr, desc.len);
+            let more = desc.options & XDP_PKT_CONTD != 0;
+            if more || !self.partial.is_empty() || self.partial_bad {
+                match bytes {
+                    Some(b) if self.partial.len() + b.len() <= XSK_SG_FRAME_MAX => {
+                        self.partial.extend_from_slice(b);
+                    }
+                    _ => self.partial_bad = true,
                 }
-                _ => stats.malformed += 1,
+                if !more {
+                    let whole = (!self.partial_bad).then_some(&self.partial[..]);
+                    deliver(whole, port, stats, sink);
+                    self.partial.clear();
+                    self.partial_bad = false;
+                }
+            } else {
+                deliver(bytes, port, stats, sink);
             }
             // Any address inside the chunk identifies it for the fill ring; keep the base.
             self.free
@@ -397,6 +438,18 @@ impl XskQueue {
         }
         self.refill();
         n
+    }
+}
+
+/// Hands the Light payload of `frame` to `sink`, or counts it as malformed.
+fn deliver(frame: Option<&[u8]>, port: u16, stats: &mut RxStats, sink: &mut dyn FnMut(&[u8])) {
+    match frame.map(parse_udp) {
+        Some(Ok(dg)) if dg.dst_port == port => {
+            stats.packets += 1;
+            stats.bytes += dg.payload.len() as u64;
+            sink(dg.payload);
+        }
+        _ => stats.malformed += 1,
     }
 }
 
@@ -416,15 +469,16 @@ impl XdpRx {
     /// mode as fallback) and joins `group` so switches forward it.
     pub fn open(iface: &str, group: IpAddr, port: u16, mode: AttachMode) -> Result<Self, RxError> {
         let idx = ifindex(iface)?;
-        // One frame per UMEM chunk: jumbo frames would need AF_XDP multi-buffer.
+        // Frames longer than a chunk (jumbo MTUs) span several: AF_XDP multi-buffer.
         let mtu = mtu(iface)?;
-        if mtu > MAX_XDP_MTU {
+        if mtu > MAX_XDP_SG_MTU {
             return Err(RxError::MtuTooLarge {
                 iface: iface.to_owned(),
                 mtu,
-                max: MAX_XDP_MTU,
+                max: MAX_XDP_SG_MTU,
             });
         }
+        let sg = mtu > MAX_XDP_MTU;
         let name =
             std::ffi::CString::new(iface).map_err(|_| RxError::InterfaceNotFound(iface.into()))?;
         let n = rx_queue_count(iface);
@@ -432,7 +486,7 @@ impl XdpRx {
         // the kernel.
         let (program, areas) = std::thread::scope(|s| {
             let areas = s.spawn(move || (0..n).map(|_| Area::new(UMEM_BYTES)).collect());
-            let program = XdpProgram::attach(iface, &[port], mode);
+            let program = XdpProgram::attach(iface, &[port], mode, sg);
             let areas: Result<Vec<Area>, RxError> = areas
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -445,7 +499,7 @@ impl XdpRx {
         for (q, area) in (0..n).zip(areas) {
             let mut area = Some(area);
             let zc = if try_zero_copy {
-                XskQueue::open(&name, q, true, area.take())
+                XskQueue::open(&name, q, true, sg, area.take())
             } else {
                 Err(RxError::Xsk {
                     queue: q,
@@ -457,7 +511,7 @@ impl XdpRx {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(queue = q, error = %e, "zero-copy AF_XDP refused, using copy mode");
-                    XskQueue::open(&name, q, false, area.take())?
+                    XskQueue::open(&name, q, false, sg, area.take())?
                 }
             };
             program.register(q, xsk.rx.as_raw_fd())?;
@@ -495,9 +549,11 @@ impl XdpRx {
     /// Human-readable description of the path in use.
     pub fn describe(&self) -> String {
         let zc = self.queues.iter().all(|q| q.zero_copy);
+        let sg = self.queues.iter().any(|q| q.sg);
         format!(
-            "AF_XDP ({} mode, XDP in {} mode, {} rx queue{})",
+            "AF_XDP ({} mode{}, XDP in {} mode, {} rx queue{})",
             if zc { "zero-copy" } else { "copy" },
+            if sg { ", multi-buffer" } else { "" },
             if self.program.is_driver_mode() {
                 "driver"
             } else {
@@ -560,6 +616,9 @@ impl XdpRx {
 /// Largest MTU whose frames fit one UMEM chunk after the kernel's XDP headroom, with an
 /// Ethernet header, one VLAN tag and the kernel's tailroom (`skb_shared_info`, 320 bytes).
 pub const MAX_XDP_MTU: u32 = light_common::maps::XSK_RX_FRAME_MAX as u32 - 14 - 4 - 320;
+
+/// Largest MTU the multi-buffer path takes (frames of up to three chunks, one VLAN tag).
+pub const MAX_XDP_SG_MTU: u32 = XSK_SG_FRAME_MAX as u32 - 14 - 4;
 
 /// The MTU of `iface` (asked through a socket, so it works inside any network namespace).
 pub fn mtu(iface: &str) -> Result<u32, RxError> {
