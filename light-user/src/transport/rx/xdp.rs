@@ -293,6 +293,8 @@ struct XskQueue {
     /// The chunks so far of a frame that spans several (gathered: the parser and the MAC
     /// want it in one piece).
     partial: Vec<u8>,
+    /// The last descriptor said the frame goes on: the next one belongs to `partial`.
+    continuing: bool,
     /// The frame being gathered is too long or lies outside the UMEM: dropped at its end.
     partial_bad: bool,
 }
@@ -366,6 +368,7 @@ impl XskQueue {
             zero_copy,
             sg,
             partial: Vec::new(),
+            continuing: false,
             partial_bad: false,
         };
         q.refill();
@@ -413,7 +416,9 @@ impl XskQueue {
             }
             let bytes = self.area.bytes(desc.addr, desc.len);
             let more = desc.options & XDP_PKT_CONTD != 0;
-            if more || !self.partial.is_empty() || self.partial_bad {
+            let gathering = more || self.continuing;
+            self.continuing = more;
+            if gathering {
                 match bytes {
                     Some(b) if self.partial.len() + b.len() <= XSK_SG_FRAME_MAX => {
                         self.partial.extend_from_slice(b);
