@@ -414,8 +414,22 @@ fn ipv6_multicast_on_both_paths() {
 /// normal stack, and frames with lying lengths are counted as malformed, not crashed on.
 #[test]
 fn other_traffic_passes_and_malformed_frames_are_counted() {
+    other_traffic_and_malformed_frames(1500, 64);
+}
+
+/// The same on a jumbo link, where the multi-buffer program checks UDP lengths against the
+/// whole frame (8 000-byte payloads span three chunks).
+#[test]
+fn jumbo_malformed_frames_are_counted() {
+    other_traffic_and_malformed_frames(9000, 8000);
+}
+
+/// Other traffic reaches the stack past the program on a link of `mtu`; frames to the Light
+/// port whose UDP length exceeds the datagram (of `payload` bytes, cut short) are counted as
+/// malformed, never redirected.
+fn other_traffic_and_malformed_frames(mtu: u32, payload: usize) {
     require_root().unwrap();
-    let bed = Testbed::new(1, 1500).unwrap();
+    let bed = Testbed::new(1, mtu).unwrap();
     let host = bed.receivers[0].clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -481,7 +495,7 @@ fn other_traffic_passes_and_malformed_frames_are_counted() {
                 IpAddr::V4(GROUP),
                 1,
                 PORT,
-                &[7u8; 64],
+                &vec![7u8; payload],
             );
             let mut f = f[..f.len() - cut].to_vec();
             let ip_len = (f.len() - 14) as u16;
