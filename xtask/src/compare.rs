@@ -77,7 +77,7 @@ pub struct CompareArgs {
     /// Receiver counts K.
     #[arg(long = "k", value_delimiter = ',', default_values_t = [1usize, 4, 8])]
     pub ks: Vec<usize>,
-    /// Link MTUs.
+    /// Link MTUs (also `bench rx`'s).
     #[arg(long = "mtu", value_delimiter = ',', default_values_t = [1500u32, 9000])]
     pub mtus: Vec<u32>,
     /// Size of each file, in MiB.

@@ -110,11 +110,11 @@ fn main() -> Result<()> {
         Cmd::Bench {
             which: Bench::Rx,
             packets,
-            ..
+            e2e,
         } => {
             xtask::setup::all()?;
             cargo(&["build", "--release", "-p", "light-user"])?;
-            xtask::bench::rx(packets)
+            xtask::bench::rx(packets, &e2e.mtus)
         }
     }
 }
