@@ -160,7 +160,22 @@ fn assert_all_identical(got: &[Vec<u8>]) {
 fn jumbo_frames_arrive_whole_over_multi_buffer_af_xdp() {
     require_root().unwrap();
     let bed = Testbed::new(1, 9000).unwrap();
-    let sizes = [0, 1, 3000, 3900, 7700, 8000, JUMBO_PAYLOAD];
+    // Frames of exactly one and two chunks (3840 bytes each in copy mode), and a byte
+    // either side.
+    let (one, two) = (3840 - 42 - HEADER_LEN, 7680 - 42 - HEADER_LEN);
+    let sizes = [
+        0,
+        1,
+        3000,
+        one - 1,
+        one,
+        one + 1,
+        two - 1,
+        two,
+        two + 1,
+        8000,
+        JUMBO_PAYLOAD,
+    ];
     let packets: Vec<Vec<u8>> = (0..PACKETS).map(|s| packet_sized(s, &sizes)).collect();
     let check = |got: &[Vec<u8>]| {
         assert_eq!(got.len(), packets.len(), "every packet must arrive");

@@ -93,6 +93,74 @@ pub fn parse_udp(frame: &[u8]) -> Result<Datagram<'_>, FrameError> {
     })
 }
 
+/// Reassembles frames that arrive in several pieces (AF_XDP multi-buffer: one descriptor
+/// per chunk, each but the last flagged "continues"). Sans-IO: takes the pieces in ring
+/// order, returns whole frames.
+#[derive(Debug)]
+pub struct Gather {
+    buf: Vec<u8>,
+    max: usize,
+    /// The last piece said the frame goes on.
+    continuing: bool,
+    /// The frame being gathered had a piece that was unreadable or made it too long.
+    bad: bool,
+}
+
+/// What one piece completes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gathered<'a> {
+    /// The frame is not complete yet.
+    Pending,
+    /// A whole frame (`None`: one that was unreadable or longer than allowed, to be counted
+    /// and dropped). Frames of several pieces are only returned when their IP/UDP lengths
+    /// account for every byte: a lost last piece would otherwise glue two frames together.
+    Frame(Option<&'a [u8]>),
+}
+
+impl Gather {
+    /// A gatherer of frames up to `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(max),
+            max,
+            continuing: false,
+            bad: false,
+        }
+    }
+
+    /// Takes the next piece (`None`: its descriptor pointed outside the buffer) and whether
+    /// the frame continues in the next one. A frame in one piece is passed through uncopied.
+    pub fn push<'a>(&'a mut self, piece: Option<&'a [u8]>, more: bool) -> Gathered<'a> {
+        let first = !self.continuing;
+        self.continuing = more;
+        if first && !more {
+            return Gathered::Frame(piece);
+        }
+        if first {
+            self.buf.clear();
+            self.bad = false;
+        }
+        match piece {
+            Some(p) if self.buf.len() + p.len() <= self.max => self.buf.extend_from_slice(p),
+            _ => self.bad = true,
+        }
+        if more {
+            Gathered::Pending
+        } else if self.bad || !udp_fills(&self.buf) {
+            Gathered::Frame(None)
+        } else {
+            Gathered::Frame(Some(&self.buf))
+        }
+    }
+}
+
+/// Whether `frame` is a UDP datagram whose payload ends exactly where the frame does.
+fn udp_fills(frame: &[u8]) -> bool {
+    parse_udp(frame).is_ok_and(|dg| {
+        dg.payload.as_ptr() as usize + dg.payload.len() == frame.as_ptr() as usize + frame.len()
+    })
+}
+
 /// Builds an Ethernet/IP/UDP frame around `payload` (tests and the loopback benchmark).
 pub fn build_udp_frame(
     src: IpAddr,
@@ -206,7 +274,100 @@ mod tests {
         assert_eq!(parse_udp(&f).unwrap().payload, b"ab");
     }
 
+    /// A frame cut into pieces of `sizes` (the last takes the rest), flagged as a ring
+    /// would flag them.
+    fn pieces<'a>(f: &'a [u8], sizes: &[usize]) -> Vec<(&'a [u8], bool)> {
+        let mut out = Vec::new();
+        let mut rest = f;
+        for &n in sizes {
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            out.push((a, true));
+            rest = b;
+        }
+        out.push((rest, false));
+        out
+    }
+
+    fn frame(n: usize, byte: u8) -> Vec<u8> {
+        let (s, d) = v4();
+        build_udp_frame(s, d, 1, 9, &vec![byte; n])
+    }
+
+    #[test]
+    fn gather_passes_single_pieces_through_and_joins_split_ones() {
+        let mut g = Gather::new(12_000);
+        let small = frame(100, 1);
+        assert_eq!(
+            g.push(Some(&small), false),
+            Gathered::Frame(Some(&small[..]))
+        );
+        let big = frame(9000, 2);
+        let ps = pieces(&big, &[3840, 3840]);
+        assert_eq!(g.push(Some(ps[0].0), ps[0].1), Gathered::Pending);
+        assert_eq!(g.push(Some(ps[1].0), ps[1].1), Gathered::Pending);
+        assert_eq!(
+            g.push(Some(ps[2].0), ps[2].1),
+            Gathered::Frame(Some(&big[..]))
+        );
+        // The next frame starts afresh.
+        assert_eq!(
+            g.push(Some(&small), false),
+            Gathered::Frame(Some(&small[..]))
+        );
+    }
+
+    #[test]
+    fn gather_takes_an_empty_first_piece() {
+        let mut g = Gather::new(12_000);
+        let big = frame(5000, 3);
+        assert_eq!(g.push(Some(&[]), true), Gathered::Pending);
+        assert_eq!(g.push(Some(&big), false), Gathered::Frame(Some(&big[..])));
+    }
+
+    #[test]
+    fn gather_drops_bad_and_oversized_frames_whole() {
+        let mut g = Gather::new(6000);
+        let big = frame(9000, 4);
+        let ps = pieces(&big, &[3840, 3840]);
+        assert_eq!(g.push(Some(ps[0].0), true), Gathered::Pending);
+        assert_eq!(g.push(Some(ps[1].0), true), Gathered::Pending);
+        assert_eq!(g.push(Some(ps[2].0), false), Gathered::Frame(None));
+        let ok = frame(5000, 5);
+        let ps = pieces(&ok, &[3840]);
+        assert_eq!(g.push(None, true), Gathered::Pending);
+        assert_eq!(g.push(Some(ps[1].0), false), Gathered::Frame(None));
+        assert_eq!(g.push(Some(ps[0].0), true), Gathered::Pending);
+        assert_eq!(g.push(Some(ps[1].0), false), Gathered::Frame(Some(&ok[..])));
+    }
+
+    #[test]
+    fn gather_refuses_two_frames_glued_by_a_lost_last_piece() {
+        let mut g = Gather::new(20_000);
+        let (a, b) = (frame(5000, 6), frame(5000, 7));
+        let (pa, pb) = (pieces(&a, &[3840]), pieces(&b, &[3840]));
+        // `a`'s last piece never came: `b`'s pieces follow its first.
+        assert_eq!(g.push(Some(pa[0].0), true), Gathered::Pending);
+        assert_eq!(g.push(Some(pb[0].0), true), Gathered::Pending);
+        assert_eq!(g.push(Some(pb[1].0), false), Gathered::Frame(None));
+    }
+
     proptest! {
+        #[test]
+        fn gather_rebuilds_any_split(n in 0usize..9000, cuts in proptest::collection::vec(0usize..4000, 0..4)) {
+            let f = frame(n, 9);
+            let mut g = Gather::new(16_000);
+            let ps = pieces(&f, &cuts);
+            let last = ps.len() - 1;
+            for (i, (p, more)) in ps.into_iter().enumerate() {
+                let got = g.push(Some(p), more);
+                if i < last {
+                    prop_assert_eq!(got, Gathered::Pending);
+                } else {
+                    prop_assert_eq!(got, Gathered::Frame(Some(&f[..])));
+                }
+            }
+        }
+
         #[test]
         fn truncated_frames_are_errors(cut in 0usize..60, payload in proptest::collection::vec(any::<u8>(), 0..30)) {
             let (s, d) = v4();

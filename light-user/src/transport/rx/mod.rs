@@ -15,7 +15,7 @@ pub use xdp::{AttachMode, XdpRx};
 /// Errors of the receive path, each with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum RxError {
-    /// The link's frames do not fit an AF_XDP frame.
+    /// The link's frames are longer than the AF_XDP path takes, even in several chunks.
     #[error(
         "AF_XDP receive takes an MTU of at most {max} on `{iface}` (it is {mtu}); such frames use the socket path"
     )]
@@ -217,7 +217,7 @@ impl Receiver {
         }
     }
 
-    /// Light frames too long for an AF_XDP chunk that the XDP program passed to the stack
+    /// Light frames longer than the AF_XDP socket takes that the XDP program passed to the stack
     /// (see [`Counter::Oversize`](light_common::Counter::Oversize)); 0 on the socket path.
     pub fn oversize(&self) -> Result<u64, RxError> {
         match self {

@@ -20,7 +20,7 @@ use xdpilone::{
 use super::{
     RxError, RxStats,
     filter::{self, MessageFilter},
-    frame::parse_udp,
+    frame::{Gather, Gathered, parse_udp},
     read_or_wait,
     socket::{ifindex, joined_socket, poll_fds},
 };
@@ -290,13 +290,8 @@ struct XskQueue {
     zero_copy: bool,
     /// Bound with `XDP_USE_SG`: frames may span several descriptors.
     sg: bool,
-    /// The chunks so far of a frame that spans several (gathered: the parser and the MAC
-    /// want it in one piece).
-    partial: Vec<u8>,
-    /// The last descriptor said the frame goes on: the next one belongs to `partial`.
-    continuing: bool,
-    /// The frame being gathered is too long or lies outside the UMEM: dropped at its end.
-    partial_bad: bool,
+    /// Joins the chunks of frames that span several (the parser and the MAC want one piece).
+    gather: Gather,
 }
 
 impl XskQueue {
@@ -355,8 +350,8 @@ impl XskQueue {
         umem.bind(&user).map_err(err(match (zero_copy, sg) {
             (true, false) => "bind (zero-copy)",
             (false, false) => "bind (copy)",
-            (true, true) => "bind (zero-copy, multi-buffer)",
-            (false, true) => "bind (copy, multi-buffer)",
+            (true, true) => "bind (zero-copy, multi-buffer: Linux 6.6 or later)",
+            (false, true) => "bind (copy, multi-buffer: Linux 6.6 or later)",
         }))?;
         let mut q = Self {
             rx,
@@ -367,9 +362,7 @@ impl XskQueue {
             free: (0..FRAMES).map(|i| u64::from(i * FRAME_SIZE)).collect(),
             zero_copy,
             sg,
-            partial: Vec::new(),
-            continuing: false,
-            partial_bad: false,
+            gather: Gather::new(if sg { XSK_SG_FRAME_MAX } else { 0 }),
         };
         q.refill();
         Ok(q)
@@ -414,25 +407,11 @@ impl XskQueue {
             {
                 prefetch(b);
             }
-            let bytes = self.area.bytes(desc.addr, desc.len);
             let more = desc.options & XDP_PKT_CONTD != 0;
-            let gathering = more || self.continuing;
-            self.continuing = more;
-            if gathering {
-                match bytes {
-                    Some(b) if self.partial.len() + b.len() <= XSK_SG_FRAME_MAX => {
-                        self.partial.extend_from_slice(b);
-                    }
-                    _ => self.partial_bad = true,
-                }
-                if !more {
-                    let whole = (!self.partial_bad).then_some(&self.partial[..]);
-                    deliver(whole, port, stats, sink);
-                    self.partial.clear();
-                    self.partial_bad = false;
-                }
-            } else {
-                deliver(bytes, port, stats, sink);
+            if let Gathered::Frame(frame) =
+                self.gather.push(self.area.bytes(desc.addr, desc.len), more)
+            {
+                deliver(frame, port, stats, sink);
             }
             // Any address inside the chunk identifies it for the fill ring; keep the base.
             self.free
