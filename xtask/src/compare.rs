@@ -78,7 +78,12 @@ pub struct CompareArgs {
     #[arg(long = "k", value_delimiter = ',', default_values_t = [1usize, 4, 8])]
     pub ks: Vec<usize>,
     /// Link MTUs (also `bench rx`'s).
-    #[arg(long = "mtu", value_delimiter = ',', default_values_t = [1500u32, 9000])]
+    #[arg(
+        long = "mtu",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u32).range(1280..=9000),
+        default_values_t = [1500u32, 9000]
+    )]
     pub mtus: Vec<u32>,
     /// Size of each file, in MiB.
     #[arg(long, default_value_t = 1024)]
@@ -301,10 +306,6 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         "UFTP rates are positive Kbit/s or -1"
     );
     ensure!(a.ks.iter().all(|&k| (1..=200).contains(&k)), "K in 1..=200");
-    ensure!(
-        a.mtus.iter().all(|&m| (1280..=9000).contains(&m)),
-        "MTU in 1280..=9000"
-    );
     ensure_packages(&a.tools, !a.keep_udp_gso)?;
     let out = a.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     fs::create_dir_all(&out)?;
