@@ -1140,15 +1140,16 @@ impl Drop for SlowDisk {
 }
 
 /// A receiver whose disk is slower than the network holds at most `--write-buffer` bytes
-/// for its writer: reception pauses, and what it misses comes back in repair rounds. Its
-/// writes are capped at 8 MB/s against a 200 Mbit/s multicast (25 MB/s).
+/// for its writer: reception pauses, and what it misses comes back in repair rounds, at the
+/// pace its writer reports. Its writes are capped at 8 MB/s against a 200 Mbit/s multicast
+/// (25 MB/s).
 #[test]
 fn a_disk_slower_than_the_network_bounds_the_memory_held() {
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let library = dir.path().join("library");
     fs::create_dir_all(&library).unwrap();
-    fill_file(&library.join("big.bin"), 40 << 20, 5).unwrap();
+    fill_file(&library.join("big.bin"), 80 << 20, 5).unwrap();
     let bed = Testbed::new(1, 1500).unwrap();
     let mut s = spec(dir.path(), &["big.bin"], "0");
     s.rate = "200M".into();
@@ -1167,8 +1168,18 @@ fn a_disk_slower_than_the_network_bounds_the_memory_held() {
     let sum: serde_json::Value = serde_json::from_str(run.receivers[0].output.trim()).unwrap();
     assert!(sum["disk_wait_seconds"].as_f64().unwrap() > 0.0, "{sum}");
     // The pause is checked after each receive batch: a few blocks may complete past it.
-    // Without the pause, 26.8 MB of the 40 MiB waited here (measured).
+    // Without the pause, 26.8 MB of a 40 MiB file waited here (measured).
     let peak = sum["write_backlog_peak"].as_u64().unwrap();
     assert!(peak > buffer && peak <= buffer + (4 << 20), "{sum}");
-    assert!(report(&run)["repair_rounds"].as_u64().unwrap() >= 1);
+    // A quarter or so of the file is lost while reception waits. Repair comes at the pace
+    // the writer reported, a little over its 64 Mbit/s (measured: 60-69 Mbit/s), not at the
+    // overrun rule's 0.8 of what reception took in (measured: 108 Mbit/s), and takes one
+    // round or two.
+    let rep = report(&run);
+    let limit = rep["repair_gbps_limit"].as_f64().unwrap_or(f64::INFINITY);
+    assert!(limit < 0.085, "{rep}");
+    assert!(
+        (1..=2).contains(&rep["repair_rounds"].as_u64().unwrap()),
+        "{rep}"
+    );
 }

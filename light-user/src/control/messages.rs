@@ -27,6 +27,16 @@ pub struct CacheTag {
     pub placement: String,
 }
 
+/// How a receiver's writer keeps up with its disk, reported with a [`ToServer::Nack`] by a
+/// receiver whose reception paused for it: it sets how fast the repair it asks for may come.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriterPace {
+    /// Bytes/s the writer drained while reception waited for it.
+    pub drain_rate: f64,
+    /// Bytes the receiver can still take in before reception pauses again.
+    pub room: u64,
+}
+
 /// Packets a receiver dropped so far, by reason (reported with [`ToServer::Progress`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -101,6 +111,10 @@ pub enum ToServer {
         /// far above the link's, it says the receiver could not keep up.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         loss: Option<f64>,
+        /// How its writer keeps up, from a receiver that paused for its disk (absent
+        /// otherwise, and from older receivers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        writer: Option<WriterPace>,
     },
     /// Delivery progress.
     Progress {
@@ -243,6 +257,12 @@ impl Message for ToServer {
             Self::Nack { blocks, .. } if blocks.len() > MAX_NACK_BLOCKS => Err(format!(
                 "nack lists {} blocks, more than the {MAX_NACK_BLOCKS} allowed",
                 blocks.len()
+            )),
+            Self::Nack {
+                writer: Some(w), ..
+            } if !(w.drain_rate.is_finite() && w.drain_rate > 0.0) => Err(format!(
+                "nack's writer drain rate {} is not a positive number of bytes/s",
+                w.drain_rate
             )),
             Self::Hello { content, more, .. }
                 if content.is_empty() || more.iter().any(String::is_empty) =>
@@ -809,5 +829,32 @@ mod tests {
         };
         assert!(bad_group.validate().is_err());
         assert!(hello().validate().is_ok());
+    }
+
+    #[test]
+    fn nack_with_and_without_a_writer_pace() {
+        // An older receiver's nack, through the wire decoder, has no pace.
+        let mut wire = br#"{"v":2,"type":"nack","blocks":[[1,2,3]],"loss":0.5}"#.to_vec();
+        let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
+        let ToServer::Nack { writer, loss, .. } = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!((writer, loss), (None, Some(0.5)));
+        let nack = |drain_rate: f64| ToServer::Nack {
+            blocks: vec![[0, 0, 1]],
+            loss: None,
+            writer: Some(WriterPace {
+                drain_rate,
+                room: 4096,
+            }),
+        };
+        let good = nack(8e6);
+        assert!(good.validate().is_ok());
+        let json = serde_json::to_string(&good).unwrap();
+        assert_eq!(serde_json::from_str::<ToServer>(&json).unwrap(), good);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = nack(bad).validate().unwrap_err();
+            assert!(err.contains("drain rate"), "{err}");
+        }
     }
 }

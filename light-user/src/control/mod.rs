@@ -27,5 +27,5 @@ pub use frame::{
 };
 pub use messages::{
     CacheTag, ClientExpect, DropCounts, Endpoint, Message, PROTOCOL_VERSION, Phase, ServerExpect,
-    ToReceiver, ToServer,
+    ToReceiver, ToServer, WriterPace,
 };

@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    Message, ReceiverChannel, ToReceiver, ToServer,
+    Message, ReceiverChannel, ToReceiver, ToServer, WriterPace,
     cache::{CacheStore, connect},
     live::SharedDrops,
     server::{HEARTBEAT, SILENCE},
@@ -343,9 +343,9 @@ async fn receive_content(
             r = &mut done_rx => {
                 break r.map_err(|_| SessionError::Protocol("receive thread died".into()))?;
             }
-            Some(blocks) = nack_rx.recv() => {
+            Some((blocks, writer)) = nack_rx.recv() => {
                 if control_open {
-                    chan.send(&ToServer::Nack { blocks, loss: drops.loss() })
+                    chan.send(&ToServer::Nack { blocks, loss: drops.loss(), writer })
                         .await
                         .map_err(SessionError::control("send nack"))?;
                 }
@@ -579,8 +579,9 @@ struct DataJob {
     stop: Arc<AtomicBool>,
     /// Set when the server ends the session: stop waiting for repair.
     abort: Arc<AtomicBool>,
-    /// Repair requests for the control channel.
-    nacks: tokio::sync::mpsc::UnboundedSender<Vec<[u32; 3]>>,
+    /// Repair requests for the control channel, with the writer's pace once it held
+    /// reception back.
+    nacks: tokio::sync::mpsc::UnboundedSender<(Vec<[u32; 3]>, Option<WriterPace>)>,
     progress: ProgressFn,
     /// Drop counters for the control loop's progress reports.
     drops: Arc<SharedDrops>,
@@ -793,6 +794,9 @@ impl DataJob {
             };
         let mut auth_failed = 0u64;
         let (mut backlog_peak, mut disk_wait) = (0u64, Duration::ZERO);
+        // Bytes the writer drained while reception waited for it: over `disk_wait`, the
+        // rate it keeps up with, which the repair request reports.
+        let mut drained_in_wait = 0u64;
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let before = assembler.stats().in_session;
             let mut trusted = false;
@@ -849,7 +853,7 @@ impl DataJob {
                         self.write_buffer >> 20
                     );
                 }
-                let paused = Instant::now();
+                let (paused, held) = (Instant::now(), backlog.load(Ordering::Relaxed));
                 // Down to half, so reading resumes for a stretch rather than per batch. The
                 // writer and decoder only stop early on an error, which join() reports below,
                 // so then reception ends.
@@ -862,6 +866,7 @@ impl DataJob {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 disk_wait += paused.elapsed();
+                drained_in_wait += held.saturating_sub(backlog.load(Ordering::Relaxed));
                 if writer.is_finished() || restorer.is_finished() {
                     break;
                 }
@@ -924,7 +929,16 @@ impl DataJob {
                     first = ?blocks.first(),
                     "asking for repair"
                 );
-                if self.nacks.send(blocks).is_err() {
+                // A receiver that lost packets while it waited for its disk says how fast its
+                // writer drains and how much it can still hold, so the repair round comes no
+                // faster than that (and no slower).
+                let pace = (drained_in_wait > 0).then(|| WriterPace {
+                    drain_rate: drained_in_wait as f64 / disk_wait.as_secs_f64().max(1e-6),
+                    room: self
+                        .write_buffer
+                        .saturating_sub(backlog.load(Ordering::Relaxed)),
+                });
+                if self.nacks.send((blocks, pace)).is_err() {
                     break;
                 }
             }

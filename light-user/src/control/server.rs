@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::{
-    CacheTag, ControlError, ServerChannel, ToReceiver, ToServer,
+    CacheTag, ControlError, ServerChannel, ToReceiver, ToServer, WriterPace,
     live::{Live, SessionPhase},
     placement::{Placement, place},
     session::{MappedFile, PlanAnnouncement, SessionError},
@@ -112,6 +112,10 @@ pub struct SessionReport {
     pub repair_bytes: u64,
     /// Packets of repair.
     pub repair_packets: u64,
+    /// The slowest rate (Gbit/s) a repair round was held to, for a receiver that could not
+    /// keep up or waits on its disk; absent when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_gbps_limit: Option<f64>,
     /// Bytes that unicasting every receiver its uncached part would take.
     pub uncoded_bytes: u64,
     /// Cache bytes placed over unicast.
@@ -150,7 +154,7 @@ impl SessionReport {
              placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
              coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
              multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
-             repair: {} rounds, {} packets, {:.3} MiB; worst loss measured {:.2}%\n",
+             repair: {} rounds, {} packets, {:.3} MiB{}; worst loss measured {:.2}%\n",
             self.session,
             self.scheme,
             self.t,
@@ -172,6 +176,9 @@ impl SessionReport {
             self.repair_rounds,
             self.repair_packets,
             self.repair_bytes as f64 / (1u64 << 20) as f64,
+            self.repair_gbps_limit
+                .map(|g| format!(", held to {:.0} Mbit/s", g * 1e3))
+                .unwrap_or_default(),
             self.observed_loss * 100.0,
         );
         for r in &self.receivers {
@@ -709,6 +716,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         repair_rounds: totals.repair_rounds,
         repair_bytes: totals.repair_bytes,
         repair_packets: totals.repair_packets,
+        repair_gbps_limit: totals.repair_limit.map(|r| r as f64 * 8.0 / 1e9),
         uncoded_bytes: totals.uncoded_bytes,
         placed_bytes: placed_total,
         seconds: start.elapsed().as_secs_f64(),
@@ -781,6 +789,8 @@ struct Totals {
     repair_rounds: u32,
     repair_bytes: u64,
     repair_packets: u64,
+    /// The slowest rate (bytes/s) a repair round was held to.
+    repair_limit: Option<u64>,
     uncoded_bytes: u64,
     pass_secs: f64,
     /// Requested-file bytes of the contents delivered, summed over receivers.
@@ -927,7 +937,9 @@ async fn deliver(
                                 Ok(ToServer::Done { ok: false, detail, loss, .. }) => {
                                     break Verdict::Failed(detail, loss);
                                 }
-                                Ok(ToServer::Nack { blocks, loss }) => break Verdict::Nack(blocks, loss),
+                                Ok(ToServer::Nack { blocks, loss, writer }) => {
+                                    break Verdict::Nack(blocks, loss, writer);
+                                }
                                 Ok(_) => {}
                                 Err(e) => break Verdict::Lost(e.to_string()),
                             }
@@ -950,6 +962,8 @@ async fn deliver(
         let mut requests: BTreeMap<(u32, u32), u16> = BTreeMap::new();
         let mut lost_any = false;
         let mut overrun = 0.0f64;
+        // (bytes asked for, writer's pace) of receivers that waited on their disk.
+        let mut paced: Vec<(u64, WriterPace)> = Vec::new();
         for w in waits {
             let (a, verdict, t) = w
                 .await
@@ -972,8 +986,16 @@ async fn deliver(
                     live.outcome(a.id, &outcomes[i].outcome);
                     continue;
                 }
-                Verdict::Nack(blocks, loss) => {
-                    overrun = overrun.max(loss.unwrap_or(0.0));
+                Verdict::Nack(blocks, loss, writer) => {
+                    // Loss from waiting on a disk is the writer's pace, not the link's or
+                    // an overrun socket's: it sets the round's rate on its own.
+                    match writer {
+                        Some(pace) => {
+                            let shards: u64 = blocks.iter().map(|b| u64::from(b[2])).sum();
+                            paced.push((shards * round.ann.fec.symbol_size as u64, pace));
+                        }
+                        None => overrun = overrun.max(loss.unwrap_or(0.0)),
+                    }
                     live.receiver_state(a.id, format!("repairing (round {repair})"));
                     for [m, b, n] in blocks {
                         let e = requests.entry((m, b)).or_insert(0);
@@ -1026,14 +1048,26 @@ async fn deliver(
                 );
             }
         }
+        let sent = asked * round.ann.fec.symbol_size as u64;
+        let disk_rate = paced
+            .iter()
+            .filter_map(|&(wanted, pace)| writer_rate(sent, wanted, pace))
+            .min();
+        if let Some(d) = disk_rate
+            && repair_rate.is_none_or(|r| d < r)
+        {
+            eprintln!(
+                "light: a receiver waits on its disk: repair round {} runs at {:.0} Mbit/s",
+                repair + 1,
+                d as f64 * 8.0 / 1e6
+            );
+        }
+        let rate = repair_rate.into_iter().chain(disk_rate).min();
+        totals.repair_limit = totals.repair_limit.into_iter().chain(rate).min();
         let blocks = requests.len();
         live.set_phase(SessionPhase::Repair(repair + 1));
-        let (back, repaired) = with_heartbeats(
-            active,
-            passes.run(PassCmd::Repair(requests, repair_rate)),
-            live,
-        )
-        .await;
+        let (back, repaired) =
+            with_heartbeats(active, passes.run(PassCmd::Repair(requests, rate)), live).await;
         active = back;
         let (stats, exhausted) = repaired?;
         live.pass_done(true, &stats);
@@ -1401,6 +1435,16 @@ fn overrun_rate(pass_rate: f64, loss: f64) -> Option<u64> {
     Some((pass_rate * kept).max(MIN_REPAIR_RATE) as u64)
 }
 
+/// The fastest repair rate (bytes/s) at which a receiver that waits on its disk takes in
+/// the `wanted` bytes it asked for, out of `sent` in the round, without pausing again: what
+/// it can still hold plus what its writer drains meanwhile. `None` when it can hold them all.
+fn writer_rate(sent: u64, wanted: u64, pace: WriterPace) -> Option<u64> {
+    let over = wanted.checked_sub(pace.room).filter(|&o| o > 0)?;
+    // The round lasts sent/rate seconds, in which the writer drains drain_rate × that.
+    let rate = sent as f64 * pace.drain_rate / over as f64 * 0.9;
+    Some(rate.max(MIN_REPAIR_RATE) as u64)
+}
+
 /// Repair rounds after the first pass before giving up on a receiver.
 const MAX_REPAIR_ROUNDS: u32 = 64;
 /// Rounds that fail to reduce the missing shards before giving up.
@@ -1411,7 +1455,7 @@ enum Verdict {
     Verified(Option<f64>),
     Failed(String, Option<f64>),
     Lost(String),
-    Nack(Vec<[u32; 3]>, Option<f64>),
+    Nack(Vec<[u32; 3]>, Option<f64>, Option<WriterPace>),
 }
 
 /// A pass to run.
@@ -1576,6 +1620,56 @@ async fn answer_status(mut chan: ServerChannel, token: Option<String>, shared: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_waiting_on_its_disk_sets_the_repair_rate_only_past_its_room() {
+        let pace = |drain_rate, room| WriterPace { drain_rate, room };
+        // It can hold all it asked for: the round goes at full speed, however slow its disk
+        // was while eight writers shared it.
+        assert_eq!(
+            writer_rate(900 << 20, 184 << 20, pace(75e6, 256 << 20)),
+            None
+        );
+        assert_eq!(
+            writer_rate(900 << 20, 256 << 20, pace(75e6, 256 << 20)),
+            None
+        );
+        // Alone and far behind (24 MB asked, 4 MB of room, an 8 MB/s disk): a little under
+        // what lets the writer keep up, 24 / 20 × 8 MB/s.
+        let r = writer_rate(24_000_000, 24_000_000, pace(8e6, 4_000_000)).unwrap() as f64;
+        assert!(r < 9.6e6 && r > 8e6, "{r}");
+        // Its share of a round that also carries others' repair lets the round go faster.
+        let shared = writer_rate(96_000_000, 24_000_000, pace(8e6, 4_000_000)).unwrap();
+        assert!(shared as f64 > 4.0 * r * 0.99, "{shared}");
+        // Never below the floor.
+        assert_eq!(
+            writer_rate(1 << 20, 1 << 30, pace(1.0, 0)),
+            Some(MIN_REPAIR_RATE as u64)
+        );
+    }
+
+    proptest::proptest! {
+        /// At the rate chosen, what the receiver takes in minus what its writer drains in
+        /// the round fits in its room.
+        #[test]
+        fn the_writer_rate_keeps_reception_within_the_room(
+            wanted in 1u64..1 << 34,
+            extra in 0u64..1 << 34,
+            room in 0u64..1 << 30,
+            drain in 1e5f64..1e10,
+        ) {
+            let sent = wanted + extra;
+            let pace = WriterPace { drain_rate: drain, room };
+            match writer_rate(sent, wanted, pace) {
+                None => proptest::prop_assert!(wanted <= room),
+                Some(r) if r > MIN_REPAIR_RATE as u64 => {
+                    let held = wanted as f64 - drain * sent as f64 / r as f64;
+                    proptest::prop_assert!(held <= room as f64 + 1.0, "{} > {}", held, room);
+                }
+                Some(r) => proptest::prop_assert_eq!(r, MIN_REPAIR_RATE as u64),
+            }
+        }
+    }
 
     #[test]
     fn repair_slows_down_only_for_an_overrun_receiver() {
