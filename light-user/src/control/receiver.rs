@@ -930,8 +930,8 @@ impl DataJob {
                     "asking for repair"
                 );
                 // A receiver that lost packets while it waited for its disk says how fast its
-                // writer drains and how much it can still hold, so the repair round comes no
-                // faster than that (and no slower).
+                // writer drains and how much it can still hold: the repair round comes no
+                // faster than lets it keep up, rather than at the overrun rule's rate.
                 let pace = (drained_in_wait > 0).then(|| WriterPace {
                     drain_rate: drained_in_wait as f64 / disk_wait.as_secs_f64().max(1e-6),
                     room: self
