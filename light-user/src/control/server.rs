@@ -1435,9 +1435,10 @@ fn overrun_rate(pass_rate: f64, loss: f64) -> Option<u64> {
     Some((pass_rate * kept).max(MIN_REPAIR_RATE) as u64)
 }
 
-/// The fastest repair rate (bytes/s) at which a receiver that waits on its disk takes in
-/// the `wanted` bytes it asked for, out of `sent` in the round, without pausing again: what
-/// it can still hold plus what its writer drains meanwhile. `None` when it can hold them all.
+/// The repair rate (bytes/s), a tenth under the fastest, at which a receiver that waits on
+/// its disk takes in the `wanted` bytes it asked for, out of `sent` in the round, without
+/// pausing again: what it can still hold plus what its writer drains meanwhile. `None` when
+/// it can hold them all.
 fn writer_rate(sent: u64, wanted: u64, pace: WriterPace) -> Option<u64> {
     let over = wanted.checked_sub(pace.room).filter(|&o| o > 0)?;
     // The round lasts sent/rate seconds, in which the writer drains drain_rate × that.
