@@ -4,7 +4,8 @@ use std::fs;
 use std::path::Path;
 
 use light::catalog::{
-    Catalog, CatalogError, Digest, Manifest, OutputFile, PARTIAL_SUFFIX, PackOptions, STATE_SUFFIX,
+    Catalog, CatalogError, DROP_BEHIND, Digest, Manifest, OutputFile, PARTIAL_SUFFIX, PackOptions,
+    STATE_SUFFIX,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -487,4 +488,64 @@ fn files_flushed_as_they_fill_finish_intact() {
         assert_eq!(write_pieces(&mut f, &bytes, piece, &order), 36);
         assert!(fs::read(f.finish().unwrap()).unwrap() == bytes);
     }
+}
+
+/// Which of the file's pages are in the page cache.
+fn resident_pages(path: &Path) -> Vec<bool> {
+    let file = fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of `len` bytes of an open file, never read through;
+    // mincore writes one byte per page into `vec`, which holds that many.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(at, len, vec.as_mut_ptr()), 0);
+        libc::munmap(at, len);
+    }
+    vec.into_iter().map(|b| b & 1 == 1).collect()
+}
+
+/// Once DROP_BEHIND bytes have been verified after a chunk that is on disk, its pages
+/// leave the page cache; the newer ones stay, and the file finishes intact.
+#[test]
+fn verified_chunks_on_disk_leave_the_page_cache() {
+    const CHUNK: usize = 1 << 20;
+    let behind = DROP_BEHIND as usize / CHUNK;
+    let bytes: Vec<u8> = (0..(behind + 8) * CHUNK)
+        .map(|i| (i ^ (i >> 13)) as u8)
+        .collect();
+    // Under the target directory: a tmpfs /tmp keeps every page whatever it is told.
+    let out = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut f = OutputFile::create(out.path(), manifest("drop.bin", CHUNK as u32, &bytes)).unwrap();
+    let order: Vec<usize> = (0..behind).collect();
+    assert_eq!(write_pieces(&mut f, &bytes, CHUNK, &order), behind as u64);
+    // On disk now, so dropping cannot be refused for dirty or in-flight pages.
+    f.sync().unwrap();
+    let path = partial(out.path(), "drop.bin");
+    let first = 8 * CHUNK / 4096;
+    let before = resident_pages(&path);
+    assert!(
+        before[..first].iter().all(|&r| r),
+        "written pages not cached"
+    );
+    let order: Vec<usize> = (behind..behind + 8).collect();
+    assert_eq!(write_pieces(&mut f, &bytes, CHUNK, &order), 8);
+    let after = resident_pages(&path);
+    let kept = after[..first].iter().filter(|&&r| r).count();
+    assert_eq!(kept, 0, "{kept} pages of the 8 oldest chunks still cached");
+    assert!(
+        after[first..].iter().any(|&r| r),
+        "newer chunks dropped too"
+    );
+    assert!(fs::read(f.finish().unwrap()).unwrap() == bytes);
 }

@@ -22,7 +22,7 @@ pub use db::{
     SessionOutcome, SessionRecord,
 };
 pub use manifest::{DEFAULT_CHUNK_SIZE, Digest, MAX_CHUNK_SIZE, Manifest};
-pub use output::{OutputFile, PARTIAL_SUFFIX, Resumed, STATE_SUFFIX};
+pub use output::{DROP_BEHIND, OutputFile, PARTIAL_SUFFIX, Resumed, STATE_SUFFIX};
 pub use pack::{PackOptions, PackReport, pack};
 pub use signing::{KEY_FILE, ServerKey, is_public_key, verify_manifest};
 

@@ -8,7 +8,7 @@
 //! a re-download of those chunks, never a wrong file. `finish` renames the partial file into
 //! place only when every chunk is verified.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
@@ -56,6 +56,10 @@ pub struct OutputFile {
     syncer: Option<Syncer>,
     /// Bytes verified since the last background flush was asked for.
     unsynced: u64,
+    /// Verified chunks (offset, length) whose pages are still in the page cache, oldest
+    /// first, and their total length.
+    cached: VecDeque<(u64, u64)>,
+    cached_bytes: u64,
 }
 
 /// Bytes verified between background flushes. Measured with 4 writers of 256 MiB over ~2 s
@@ -63,6 +67,13 @@ pub struct OutputFile {
 /// every 32 MiB 2.4 s, every 64 MiB 2.5 s; the device's flush writes everything since the
 /// last one, so flushing along the way leaves the final fsync only the tail.
 const SYNC_EVERY: u64 = 32 << 20;
+
+/// Verified bytes left in the page cache behind the newest: twice the flush interval, so
+/// the pages dropped have normally been flushed already (the kernel keeps dirty ones).
+/// Writing into pages the page cache just freed is cheaper than into fresh ones: on this
+/// project's VM a fresh page costs the host a fault, and writing 2 GiB took 2.6 s of
+/// system time with every page kept and 0.6 s with the pages dropped 64 MiB behind.
+pub const DROP_BEHIND: u64 = 2 * SYNC_EVERY;
 
 /// A thread that runs `fdatasync` on its own descriptor of the partial file whenever asked,
 /// one request at a time (requests made while it runs merge into the next). A hint: its
@@ -385,6 +396,8 @@ impl OutputFile {
             direct_bytes: 0,
             syncer: None,
             unsynced: 0,
+            cached: VecDeque::new(),
+            cached_bytes: 0,
         })
     }
 
@@ -577,6 +590,7 @@ impl OutputFile {
         self.update_bit(index, true)?;
         self.verified_count += 1;
         self.start_writeback(index);
+        self.drop_written(index);
         self.unsynced += u64::from(self.manifest.chunk_size());
         if self.unsynced >= SYNC_EVERY {
             self.unsynced = 0;
@@ -602,6 +616,32 @@ impl OutputFile {
             // sync_file_range reads no memory of ours.
             unsafe {
                 libc::sync_file_range(self.file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
+
+    /// Remembers verified chunk `index` and asks the kernel to drop the pages of the oldest
+    /// chunks once more than [`DROP_BEHIND`] bytes are held: a file of many GiB then does not
+    /// push the host's other data out of memory. A hint: pages still dirty or being written
+    /// stay, so no data is lost, and a reader of the file gets it back from disk.
+    fn drop_written(&mut self, index: u64) {
+        use std::os::fd::AsRawFd;
+        let Some(r) = self.manifest.chunk_range(index) else {
+            return;
+        };
+        self.cached.push_back((r.start, r.end - r.start));
+        self.cached_bytes += r.end - r.start;
+        while self.cached_bytes > DROP_BEHIND {
+            let Some((at, len)) = self.cached.pop_front() else {
+                break;
+            };
+            self.cached_bytes -= len;
+            if let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) {
+                // SAFETY: the descriptor belongs to `self.file`, open for the call's
+                // duration; posix_fadvise reads no memory of ours.
+                unsafe {
+                    libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
+                }
             }
         }
     }
