@@ -55,6 +55,7 @@ pub struct Args {
     /// Write the file's whole pages past the page cache (`O_DIRECT`). Costs less CPU where
     /// copying into the page cache is dear; on disks slow to allocate fresh blocks the page
     /// cache and its writeback are faster (measured in the README's Performance section).
+    /// Either way, pages already on disk leave the page cache 64 MiB behind the newest.
     #[arg(long)]
     direct_io: bool,
     /// Received bytes that may wait in memory for the disk (`256MiB`, `1GiB`). When the disk
