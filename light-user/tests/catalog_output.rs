@@ -493,25 +493,13 @@ fn files_flushed_as_they_fill_finish_intact() {
 /// Which of the file's pages are in the page cache.
 fn resident_pages(path: &Path) -> Vec<bool> {
     let file = fs::File::open(path).unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: a read-only shared mapping of `len` bytes of an open file, never read through;
-    // mincore writes one byte per page into `vec`, which holds that many.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        let at = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(at, libc::MAP_FAILED);
-        assert_eq!(libc::mincore(at, len, vec.as_mut_ptr()), 0);
-        libc::munmap(at, len);
-    }
+    // SAFETY: a read-only mapping that is never read through, only asked about.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let mut vec = vec![0u8; map.len().div_ceil(4096)];
+    // SAFETY: `map` covers `map.len()` bytes; mincore writes one byte per page into `vec`,
+    // which holds that many.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), vec.as_mut_ptr()) };
+    assert_eq!(rc, 0);
     vec.into_iter().map(|b| b & 1 == 1).collect()
 }
 

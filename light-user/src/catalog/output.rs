@@ -58,8 +58,8 @@ pub struct OutputFile {
     unsynced: u64,
     /// Verified chunks (offset, length) whose pages are still in the page cache, oldest
     /// first, and their total length.
-    cached: VecDeque<(u64, u64)>,
-    cached_bytes: u64,
+    cached: VecDeque<(i64, i64)>,
+    cached_bytes: i64,
 }
 
 /// Bytes verified between background flushes. Measured with 4 writers of 256 MiB over ~2 s
@@ -589,8 +589,10 @@ impl OutputFile {
     fn set_verified(&mut self, index: u64) -> Result<()> {
         self.update_bit(index, true)?;
         self.verified_count += 1;
-        self.start_writeback(index);
-        self.drop_written(index);
+        if let Some(range) = self.kernel_range(index) {
+            self.start_writeback(range);
+            self.drop_written(range);
+        }
         self.unsynced += u64::from(self.manifest.chunk_size());
         if self.unsynced >= SYNC_EVERY {
             self.unsynced = 0;
@@ -604,44 +606,44 @@ impl OutputFile {
         Ok(())
     }
 
+    /// Chunk `index`'s offset and length as the kernel's file-range calls take them.
+    fn kernel_range(&self, index: u64) -> Option<(i64, i64)> {
+        let r = self.manifest.chunk_range(index)?;
+        Some((
+            i64::try_from(r.start).ok()?,
+            i64::try_from(r.end - r.start).ok()?,
+        ))
+    }
+
     /// Starts writing a verified chunk to disk now, so the final fsync waits only for the
     /// last chunks (measured: 4 receivers' 256 MiB fsyncs took 0.3-0.5 s when all of it was
     /// still dirty). A hint: a file system that does not support it syncs it all at the end.
-    fn start_writeback(&self, index: u64) {
+    fn start_writeback(&self, (at, len): (i64, i64)) {
         use std::os::fd::AsRawFd;
-        if let Some(r) = self.manifest.chunk_range(index)
-            && let (Ok(at), Ok(len)) = (i64::try_from(r.start), i64::try_from(r.end - r.start))
-        {
-            // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
-            // sync_file_range reads no memory of ours.
-            unsafe {
-                libc::sync_file_range(self.file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
-            }
+        // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
+        // sync_file_range reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
         }
     }
 
-    /// Remembers verified chunk `index` and asks the kernel to drop the pages of the oldest
-    /// chunks once more than [`DROP_BEHIND`] bytes are held: a file of many GiB then does not
-    /// push the host's other data out of memory. A hint: pages still dirty or being written
-    /// stay, so no data is lost, and a reader of the file gets it back from disk.
-    fn drop_written(&mut self, index: u64) {
+    /// Remembers a verified chunk's range and asks the kernel to drop the pages of the
+    /// oldest chunks once more than [`DROP_BEHIND`] bytes are held: a file of many GiB then
+    /// does not push the host's other data out of memory. A hint: pages still dirty or being
+    /// written stay, so no data is lost, and a reader of the file gets it back from disk.
+    fn drop_written(&mut self, range: (i64, i64)) {
         use std::os::fd::AsRawFd;
-        let Some(r) = self.manifest.chunk_range(index) else {
-            return;
-        };
-        self.cached.push_back((r.start, r.end - r.start));
-        self.cached_bytes += r.end - r.start;
-        while self.cached_bytes > DROP_BEHIND {
+        self.cached.push_back(range);
+        self.cached_bytes += range.1;
+        while self.cached_bytes > DROP_BEHIND as i64 {
             let Some((at, len)) = self.cached.pop_front() else {
                 break;
             };
             self.cached_bytes -= len;
-            if let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) {
-                // SAFETY: the descriptor belongs to `self.file`, open for the call's
-                // duration; posix_fadvise reads no memory of ours.
-                unsafe {
-                    libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
-                }
+            // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
+            // posix_fadvise reads no memory of ours.
+            unsafe {
+                libc::posix_fadvise(self.file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED);
             }
         }
     }
