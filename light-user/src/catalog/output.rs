@@ -13,8 +13,6 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{CatalogError, Digest, Manifest, Result, io_err};
 
@@ -58,12 +56,10 @@ pub struct OutputFile {
     syncer: Option<Syncer>,
     /// Bytes verified since the last background flush was asked for.
     unsynced: u64,
-    /// Flushes asked for so far, background or explicit ([`OutputFile::sync`]).
-    flushes: u64,
-    /// The last flush known to have finished (its number in `flushes`).
-    flushed: u64,
-    /// Verified chunks whose pages are still in the page cache.
-    cached: CachedChunks,
+    /// Verified chunks (offset, length) whose pages are still in the page cache, oldest
+    /// first, and their total length.
+    cached: VecDeque<(i64, i64)>,
+    cached_bytes: i64,
 }
 
 /// Bytes verified between background flushes. Measured with 4 writers of 256 MiB over ~2 s
@@ -72,10 +68,9 @@ pub struct OutputFile {
 /// last one, so flushing along the way leaves the final fsync only the tail.
 const SYNC_EVERY: u64 = 32 << 20;
 
-/// Verified bytes left in the page cache behind the newest, at least: twice the flush
-/// interval. Pages are dropped only once a finished flush covered them, because the kernel
-/// refuses dirty or in-flight pages, and each refusal makes it drain every CPU's page
-/// lists (`lru_add_drain_all`), interrupting the sender on a shared host. Writing into pages the page cache just freed is cheaper than into fresh ones: on this
+/// Verified bytes left in the page cache behind the newest: twice the flush interval, so
+/// the pages dropped have normally been flushed already (the kernel keeps dirty ones).
+/// Writing into pages the page cache just freed is cheaper than into fresh ones: on this
 /// project's VM a fresh page costs the host a fault, and writing 2 GiB took 2.6 s of
 /// system time with every page kept and 0.6 s with the pages dropped 64 MiB behind.
 pub const DROP_BEHIND: u64 = 2 * SYNC_EVERY;
@@ -87,71 +82,26 @@ pub const DROP_BEHIND: u64 = 2 * SYNC_EVERY;
 #[derive(Debug)]
 struct Syncer {
     kick: std::sync::mpsc::SyncSender<()>,
-    /// Number of the newest flush asked for.
-    wanted: Arc<AtomicU64>,
-    /// Number of the newest flush finished: it covered every chunk verified before it
-    /// was asked for.
-    done: Arc<AtomicU64>,
 }
 
 impl Syncer {
     fn start(path: &Path) -> Option<Self> {
         let file = File::open(path).ok()?;
         let (kick, requests) = std::sync::mpsc::sync_channel::<()>(1);
-        let wanted = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicU64::new(0));
-        let (want, finished) = (Arc::clone(&wanted), Arc::clone(&done));
         std::thread::Builder::new()
             .name("light-sync".into())
             .spawn(move || {
                 while requests.recv().is_ok() {
-                    // Read before syncing: the flush covers what was written before it.
-                    let n = want.load(Ordering::Acquire);
-                    if file.sync_data().is_ok() {
-                        finished.fetch_max(n, Ordering::Release);
-                    }
+                    let _ = file.sync_data();
                 }
             })
             .ok()?;
-        Some(Self { kick, wanted, done })
+        Some(Self { kick })
     }
 
-    /// Asks for flush number `n`; a request already waiting covers this one.
-    fn request(&self, n: u64) {
-        self.wanted.store(n, Ordering::Release);
+    /// Asks for a flush; a request already waiting covers this one.
+    fn request(&self) {
         let _ = self.kick.try_send(());
-    }
-
-    /// Number of the newest finished flush.
-    fn done(&self) -> u64 {
-        self.done.load(Ordering::Acquire)
-    }
-}
-
-/// Verified chunks whose pages are still in the page cache, oldest first, each with the
-/// number of the first flush that covers it.
-#[derive(Debug, Default)]
-struct CachedChunks {
-    chunks: VecDeque<((i64, i64), u64)>,
-    bytes: i64,
-}
-
-impl CachedChunks {
-    fn push(&mut self, range: (i64, i64), covered_by: u64) {
-        self.chunks.push_back((range, covered_by));
-        self.bytes += range.1;
-    }
-
-    /// The oldest chunk, if more than [`DROP_BEHIND`] bytes are held and flush `flushed`
-    /// has covered it.
-    fn pop_droppable(&mut self, flushed: u64) -> Option<(i64, i64)> {
-        let &(range, covered_by) = self.chunks.front()?;
-        if self.bytes <= DROP_BEHIND as i64 || covered_by > flushed {
-            return None;
-        }
-        self.chunks.pop_front();
-        self.bytes -= range.1;
-        Some(range)
     }
 }
 
@@ -351,12 +301,10 @@ impl OutputFile {
     }
 
     /// Flushes data and sidecar to stable storage, so progress survives a power cut.
-    pub fn sync(&mut self) -> Result<()> {
-        self.flushes += 1;
+    pub fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
             .map_err(io_err("syncing", &self.partial_path))?;
-        self.flushed = self.flushes;
         self.state
             .sync_data()
             .map_err(io_err("syncing", &self.state_path))
@@ -448,9 +396,8 @@ impl OutputFile {
             direct_bytes: 0,
             syncer: None,
             unsynced: 0,
-            flushes: 0,
-            flushed: 0,
-            cached: CachedChunks::default(),
+            cached: VecDeque::new(),
+            cached_bytes: 0,
         })
     }
 
@@ -653,8 +600,7 @@ impl OutputFile {
                 self.syncer = Syncer::start(&self.partial_path);
             }
             if let Some(s) = &self.syncer {
-                self.flushes += 1;
-                s.request(self.flushes);
+                s.request();
             }
         }
         Ok(())
@@ -682,17 +628,18 @@ impl OutputFile {
     }
 
     /// Remembers a verified chunk's range and asks the kernel to drop the pages of the
-    /// oldest chunks a finished flush covered, once more than [`DROP_BEHIND`] bytes are
-    /// held: a file of many GiB then does not push the host's other data out of memory. A
-    /// hint: the kernel keeps pages still dirty, so no data is lost, and a reader of the file
-    /// gets it back from disk.
+    /// oldest chunks once more than [`DROP_BEHIND`] bytes are held: a file of many GiB then
+    /// does not push the host's other data out of memory. A hint: pages still dirty or being
+    /// written stay, so no data is lost, and a reader of the file gets it back from disk.
     fn drop_written(&mut self, range: (i64, i64)) {
         use std::os::fd::AsRawFd;
-        self.cached.push(range, self.flushes + 1);
-        if let Some(s) = &self.syncer {
-            self.flushed = self.flushed.max(s.done());
-        }
-        while let Some((at, len)) = self.cached.pop_droppable(self.flushed) {
+        self.cached.push_back(range);
+        self.cached_bytes += range.1;
+        while self.cached_bytes > DROP_BEHIND as i64 {
+            let Some((at, len)) = self.cached.pop_front() else {
+                break;
+            };
+            self.cached_bytes -= len;
             // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
             // posix_fadvise reads no memory of ours.
             unsafe {
@@ -773,26 +720,7 @@ impl Coverage {
 
 #[cfg(test)]
 mod tests {
-    use super::{CachedChunks, Coverage, DROP_BEHIND};
-
-    #[test]
-    fn cached_chunks_drop_only_what_a_finished_flush_covered() {
-        const MIB: i64 = 1 << 20;
-        let behind = DROP_BEHIND as i64 / MIB;
-        let mut c = CachedChunks::default();
-        // Chunks 0..behind+4, the first half covered by flush 1, the rest by flush 2.
-        for i in 0..behind + 4 {
-            c.push((i * MIB, MIB), if i < behind / 2 { 1 } else { 2 });
-        }
-        assert_eq!(c.pop_droppable(0), None, "no flush finished yet");
-        let dropped: Vec<_> = std::iter::from_fn(|| c.pop_droppable(1)).collect();
-        assert_eq!(dropped, (0..4).map(|i| (i * MIB, MIB)).collect::<Vec<_>>());
-        assert_eq!(
-            c.bytes, DROP_BEHIND as i64,
-            "keeps the last DROP_BEHIND bytes"
-        );
-        assert_eq!(c.pop_droppable(2), None);
-    }
+    use super::Coverage;
 
     #[test]
     fn coverage_merges_overlaps_and_neighbours() {
