@@ -386,9 +386,13 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                     Scenario::Cached => (0..k).collect(),
                     Scenario::Same | Scenario::Loss => vec![0; k],
                 };
-                // Repetitions interleave the tools, so slow drifts of the machine hit all alike.
+                // Repetitions interleave the tools, so slow drifts of the machine hit all alike,
+                // and each repetition starts one tool later, so no tool always runs first
+                // (on a VM that hands freed memory back to its host, the first writer after
+                // a pause pays a host fault per fresh page).
                 for rep in 0..a.reps {
-                    for (i, (tool, _, _)) in variants.iter().enumerate() {
+                    for i in run_order(rep, variants.len()) {
+                        let (tool, _, _) = &variants[i];
                         let row = &mut rows[start + i];
                         eprintln!(
                             "compare: {} MTU {mtu} K={k} {} rep {}/{}",
@@ -450,6 +454,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
 }
 
 /// The tool configurations of a scenario: (tool, tool name, variant label).
+/// The order in which repetition `rep` runs `n` tools: all of them, starting at `rep % n`.
+fn run_order(rep: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |j| (rep + j) % n)
+}
+
 fn variants(
     tools: &[ToolName],
     uftp_rates: &[i64],
@@ -595,6 +604,15 @@ mod tests {
         assert_eq!(hash_file(&a).unwrap(), hash_file(&b).unwrap());
         assert_ne!(hash_file(&a).unwrap(), hash_file(&c).unwrap());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_repetition_runs_every_tool_once_and_a_different_one_first() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|rep| run_order(rep, 3).collect()).collect();
+        assert_eq!(orders[0], [0, 1, 2]);
+        assert_eq!(orders[1], [1, 2, 0]);
+        assert_eq!(orders[2], [2, 0, 1]);
+        assert_eq!(orders[3], orders[0]);
     }
 
     #[test]
