@@ -100,7 +100,8 @@ pub struct CompareArgs {
     /// Where the JSON, Markdown and SVG results go (default: <target>/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Keep generated files and outputs here instead of a temporary directory.
+    /// Keep generated files and outputs here instead of a temporary directory; on a tmpfs
+    /// (e.g. /dev/shm/bench) the disk drops out of the comparison.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// The `light` binary (default: <target>/release/light).
