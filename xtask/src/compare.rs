@@ -454,12 +454,12 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tool configurations of a scenario: (tool, tool name, variant label).
 /// The order in which repetition `rep` runs `n` tools: all of them, starting at `rep % n`.
 fn run_order(rep: usize, n: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |j| (rep + j) % n)
 }
 
+/// The tool configurations of a scenario: (tool, tool name, variant label).
 fn variants(
     tools: &[ToolName],
     uftp_rates: &[i64],
