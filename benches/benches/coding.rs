@@ -125,30 +125,33 @@ fn reed_solomon(c: &mut Criterion) {
     }
     // Decode cost by block size, 1 % of each block's shards lost: reed-solomon-simd
     // transforms over pow2(pow2(ceiling) + k) shards, so k = 256 and the chosen k both pay
-    // for 512 shards with a ceiling of 64.
+    // for 512 shards with a ceiling of 64; k = 896 (ceiling 4·r = 80 by the same rule) pays
+    // for 1024 and the error locator's fixed cost half as often per byte.
     let chosen = FecParams::for_loss(0.01, SYMBOL).unwrap();
-    let old = FecParams::new(
-        SYMBOL,
-        256,
-        chosen.parity_per_block,
-        chosen.max_parity_per_block,
-    )
-    .unwrap();
-    // A whole number of blocks for both sizes.
-    let msg = bytes(7 * 256 * SYMBOL, 13);
-    g.throughput(Throughput::Bytes(msg.len() as u64));
-    for params in [old, chosen] {
-        let (k, r) = (params.source_per_block, params.parity_per_block);
-        let mut enc = FecEncoder::new(params).unwrap();
-        let lost = (0.01 * f64::from(k + r)).round() as u16;
-        let kept: Vec<Vec<u8>> = packets(params, &mut enc, &msg)
-            .into_iter()
-            .filter(|p| DataHeader::parse(p).unwrap().0.shard >= lost)
-            .collect();
-        let label = format!("k{k}_lost{lost}");
-        g.bench_function(BenchmarkId::new("decode_block", &label), |b| {
-            b.iter(|| assemble(params, msg.len(), &kept))
-        });
+    for symbol in [SYMBOL, 8800] {
+        for (k, r, ceiling) in [
+            (256, chosen.parity_per_block, chosen.max_parity_per_block),
+            (
+                chosen.source_per_block,
+                chosen.parity_per_block,
+                chosen.max_parity_per_block,
+            ),
+            (896, 20, 80),
+        ] {
+            let params = FecParams::new(symbol, k, r, ceiling).unwrap();
+            let msg = bytes(4 * usize::from(k) * symbol, 13);
+            g.throughput(Throughput::Bytes(msg.len() as u64));
+            let mut enc = FecEncoder::new(params).unwrap();
+            let lost = (0.01 * f64::from(k + r)).round() as u16;
+            let kept: Vec<Vec<u8>> = packets(params, &mut enc, &msg)
+                .into_iter()
+                .filter(|p| DataHeader::parse(p).unwrap().0.shard >= lost)
+                .collect();
+            let label = format!("symbol{symbol}_k{k}_lost{lost}");
+            g.bench_function(BenchmarkId::new("decode_block", &label), |b| {
+                b.iter(|| assemble(params, msg.len(), &kept))
+            });
+        }
     }
     g.finish();
 }

@@ -112,7 +112,9 @@ impl FecParams {
     /// Why 448: reed-solomon-simd decodes with a fixed cost per block (the error locator
     /// over GF(2^16), ~0.25 ms) plus transforms over `pow2(pow2(ceiling) + k)` shards. With
     /// the usual ceiling of 64, k = 448 fills those 512 shards; k = 256 pays for the same
-    /// 512 while carrying 43% fewer bytes (`reed_solomon/decode_block`).
+    /// 512 while carrying 43% fewer bytes (`reed_solomon/decode_block`). Larger blocks
+    /// amortize the locator but need the next transform size and more cache: k = 896
+    /// decoded at 0.90× (1400-byte symbols) and 0.94× (8800) the bytes per second of 448.
     pub fn for_loss(loss: f64, symbol_size: usize) -> Result<Self, FecError> {
         if !(0.0..1.0).contains(&loss) {
             return Err(FecError::InvalidParams("loss rate must be in [0, 1)"));
