@@ -242,3 +242,44 @@ pub struct CachedPart {
     /// Length.
     pub len: u64,
 }
+
+impl CachedPart {
+    /// The same bytes in consecutive pieces of at most `max` bytes (`max` of 0 counts as 1).
+    pub fn split(self, max: u64) -> impl Iterator<Item = CachedPart> {
+        let max = max.max(1);
+        (0..self.len.div_ceil(max)).map(move |i| {
+            let at = i * max;
+            CachedPart {
+                file_offset: self.file_offset + at,
+                cache_offset: self.cache_offset + at,
+                len: max.min(self.len - at),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CachedPart;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn split_covers_the_part_in_order(
+            file_offset in 0u64..1 << 40,
+            cache_offset in 0u64..1 << 40,
+            len in 0u64..1 << 20,
+            max in 0u64..1 << 16,
+        ) {
+            let part = CachedPart { file_offset, cache_offset, len };
+            let (mut f, mut c) = (file_offset, cache_offset);
+            for piece in part.split(max) {
+                prop_assert!(piece.len >= 1 && piece.len <= max.max(1));
+                prop_assert_eq!((piece.file_offset, piece.cache_offset), (f, c));
+                f += piece.len;
+                c += piece.len;
+            }
+            prop_assert_eq!((f - file_offset, c - cache_offset), (len, len));
+        }
+    }
+}
