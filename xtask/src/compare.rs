@@ -513,7 +513,12 @@ fn one_rep(
         let after = wire::counters(job.bed)?;
         rep.loss_drops = wire::loss_drops(job.bed)?;
         wire::clear_loss(job.bed);
-        rep.wire = after.since(before).into();
+        let from = run
+            .as_ref()
+            .ok()
+            .and_then(|m| m.wire_from)
+            .unwrap_or(before);
+        rep.wire = after.since(from).into();
         let m = run?;
         rep.wall_s = m.wall_s;
         rep.writeback_s = m.writeback_s;

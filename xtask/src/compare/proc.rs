@@ -39,6 +39,18 @@ fn cpu_seconds(ru: &libc::rusage) -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds. The command name in brackets
+/// may hold spaces and brackets, so fields are counted from its last `)`: state is field 3,
+/// utime 14, stime 15.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
 impl Proc {
     /// Starts `cmd` with stdin closed and stdout/stderr in `logs/<name>.{out,err}`.
     pub fn spawn(mut cmd: Command, name: &str, logs: &Path) -> Result<Self> {
@@ -60,6 +72,17 @@ impl Proc {
             stderr,
             exit: None,
         })
+    }
+
+    /// User plus system CPU seconds the running process has used so far (from
+    /// `/proc/<pid>/stat`); 0 once it has been reaped.
+    pub fn cpu_so_far(&self) -> Result<f64> {
+        if self.exit.is_some() {
+            return Ok(0.0);
+        }
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        stat_cpu_seconds(&stat).with_context(|| format!("{path} has no CPU times: {stat:?}"))
     }
 
     fn reap(&mut self, flags: libc::c_int) -> Option<Exit> {
@@ -199,7 +222,42 @@ pub fn excerpt(text: &str, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::excerpt;
+    use super::{Proc, excerpt, stat_cpu_seconds};
+    use std::{
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    #[test]
+    fn stat_cpu_counts_fields_after_the_last_bracket() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let line = format!(
+            "42 (we) ird) R 1 42 42 0 -1 4194560 100 0 0 0 {} {} 0 0 20 0 3 0 5 0 0",
+            2 * hz,
+            hz
+        );
+        assert_eq!(stat_cpu_seconds(&line), Some(3.0));
+        assert_eq!(stat_cpu_seconds("42 (cut) R 1"), None);
+    }
+
+    #[test]
+    fn cpu_so_far_sees_a_busy_child() {
+        let logs = std::env::temp_dir().join(format!("xtask-proc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "while :; do :; done"]);
+        let busy = Proc::spawn(cmd, "busy", &logs).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut cpu = 0.0;
+        while cpu < 0.05 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            cpu = busy.cpu_so_far().unwrap();
+        }
+        drop(busy);
+        std::fs::remove_dir_all(&logs).unwrap();
+        assert!(cpu >= 0.05, "a spinning shell used {cpu} s of CPU in 10 s");
+    }
 
     #[test]
     fn excerpt_starts_at_the_error() {

@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::proc::{Exit, Proc, WaitError, wait_all, wait_exited};
+use super::{
+    proc::{Exit, Proc, WaitError, wait_all, wait_exited},
+    wire,
+};
 use crate::netns::{Host, Testbed};
 
 /// Light's control (TCP) and multicast data (UDP) port.
@@ -108,6 +111,9 @@ pub struct Measured {
     pub copies: Vec<PathBuf>,
     /// Light's server report (its JSON stdout), if any.
     pub report: Option<serde_json::Value>,
+    /// The bridge's counters when the timed part began, for a tool that did untimed work
+    /// on the wire first (Light's cache fill); `None`: counted from the start of the run.
+    pub wire_from: Option<wire::Counters>,
     /// Seconds a `sync` took right after the transfer: the writeback the tool left behind
     /// (Light's receivers fsync before they exit; the peers leave their files to the page
     /// cache).
@@ -167,6 +173,7 @@ fn transfer(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
                 receivers_cpu_s: 0.0,
                 copies: vec![PathBuf::new(); job.demands.len()],
                 report: None,
+                wire_from: None,
                 writeback_s: 0.0,
             };
             for f in files {
@@ -227,6 +234,7 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
     let mut t0 = Instant::now();
     // Receivers retry the connect until the server has bound: no head start needed.
     let mut server = Proc::spawn(cmd, "light-serve", &logs)?;
+    let (mut wire_from, mut fill_cpu_s) = (None, 0.0);
     if job.fill_ahead {
         let mut fills = Vec::new();
         for (r, host) in bed.receivers.iter().enumerate() {
@@ -249,6 +257,9 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
             "compare:   caches filled ahead in {:.2} s (not timed)",
             t0.elapsed().as_secs_f64()
         );
+        // Neither the fill's bytes nor the server's CPU for it belong to the delivery.
+        wire_from = Some(wire::counters(bed)?);
+        fill_cpu_s = server.cpu_so_far()?;
         t0 = Instant::now();
     }
     let mut receivers = Vec::new();
@@ -273,6 +284,8 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
     }
     let mut all = sender_and(&mut server, &mut receivers);
     let mut m = finish(&mut all, t0, s, copies, true)?;
+    m.sender_cpu_s -= fill_cpu_s;
+    m.wire_from = wire_from;
     m.report = serde_json::from_str(server.stdout_text().trim()).ok();
     Ok(m)
 }
@@ -480,6 +493,7 @@ fn finish(
         receivers_cpu_s: cpu[1..].iter().sum(),
         copies,
         report: None,
+        wire_from: None,
         writeback_s: 0.0,
     })
 }
