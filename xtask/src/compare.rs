@@ -3,7 +3,8 @@
 //!
 //! Scenarios: every receiver wants the same file (empty caches); distinct demands (Light with
 //! cache budgets, filled ahead with `light cache fill` and not timed, as a deployment fills
-//! them off-peak; the peers move every requested file, one transfer after the other); and the
+//! them off-peak, its bytes and the server's CPU for it left out of the run's figures; the
+//! peers move every requested file, one transfer after the other); and the
 //! same file with 1% loss towards one receiver. Light runs with `--fixed-loss`, so one
 //! repetition does not inherit the parity an earlier one's loss asked for. For every tool: wall time to the last receiver,
 //! goodput per receiver, bytes on the bridge, CPU seconds, medians over repetitions; every
