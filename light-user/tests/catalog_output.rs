@@ -261,6 +261,21 @@ fn a_new_output_file_has_its_blocks_reserved() {
 }
 
 #[test]
+fn a_new_output_file_on_tmpfs_is_not_zeroed_up_front() {
+    use std::os::unix::fs::MetadataExt;
+    // /dev/shm is tmpfs wherever glibc runs; `fallocate` there would zero every page.
+    let out = tempfile::tempdir_in("/dev/shm").unwrap();
+    let bytes = data(3 << 20, 10);
+    let mut f = OutputFile::create(out.path(), manifest("t/mpfs", 1 << 20, &bytes)).unwrap();
+    let meta = fs::metadata(partial(out.path(), "t/mpfs")).unwrap();
+    assert_eq!(meta.len(), bytes.len() as u64);
+    assert_eq!(meta.blocks(), 0, "pages allocated before any write");
+    assert_eq!(write_pieces(&mut f, &bytes, 1 << 20, &[2, 0, 1]), 3);
+    let p = f.finish().unwrap();
+    assert_eq!(fs::read(p).unwrap(), bytes);
+}
+
+#[test]
 fn escaping_paths_are_rejected() {
     for bad in ["../escape", "/etc/passwd", "a/../../b", "a//b", "./a", ""] {
         assert!(

@@ -423,6 +423,9 @@ impl OutputFile {
     /// Allocates the file's blocks up front: a disk too small fails now, naming the file,
     /// not after minutes of transfer, and the writes then skip the file system's per-page
     /// delayed allocation. A file system without `fallocate` gets a sparse file instead.
+    /// On tmpfs the free space is checked instead: there `fallocate` zeroes every page
+    /// (1 GiB: most of a second before the receiver can listen), pages the writes would
+    /// allocate anyway without zeroing.
     fn reserve(&self) -> Result<()> {
         use std::os::fd::AsRawFd;
         let size = self.manifest.size();
@@ -431,6 +434,19 @@ impl OutputFile {
         })?;
         if len == 0 {
             return Ok(());
+        }
+        // SAFETY: `statfs` is plain data, so all zeroes is a valid value.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor belongs to `self.file`; `fs` is a valid statfs to fill.
+        if unsafe { libc::fstatfs(self.file.as_raw_fd(), &mut fs) } == 0
+            && fs.f_type == libc::TMPFS_MAGIC
+        {
+            check_tmpfs_room(&fs, size)
+                .map_err(io_err("reserving space for", &self.partial_path))?;
+            return self
+                .file
+                .set_len(size)
+                .map_err(io_err("sizing", &self.partial_path));
         }
         // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
         // fallocate reads no memory of ours.
@@ -686,6 +702,20 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Refuses a file of `size` bytes on a tmpfs whose free space (`fs`) cannot hold it; a tmpfs
+/// without a size limit reports no blocks at all and takes anything.
+fn check_tmpfs_room(fs: &libc::statfs, size: u64) -> std::io::Result<()> {
+    let page = u64::try_from(fs.f_bsize).unwrap_or(0);
+    let free = fs.f_bavail.saturating_mul(page);
+    if fs.f_blocks == 0 || free >= size {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        ErrorKind::StorageFull,
+        format!("{size} bytes needed, {free} free on this tmpfs"),
+    ))
+}
+
 /// Which bytes of one chunk have been written: sorted, disjoint, non-adjacent half-open
 /// intervals. Packets mostly arrive in order, so this stays at one or two intervals.
 #[derive(Debug, Default)]
@@ -720,7 +750,26 @@ impl Coverage {
 
 #[cfg(test)]
 mod tests {
-    use super::Coverage;
+    use super::{Coverage, check_tmpfs_room};
+
+    #[test]
+    fn tmpfs_room_is_checked_against_free_pages() {
+        // SAFETY: `statfs` is plain data, so all zeroes is a valid value.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        fs.f_bsize = 4096;
+        fs.f_blocks = 1000;
+        fs.f_bavail = 10;
+        assert!(check_tmpfs_room(&fs, 40960).is_ok());
+        let err = check_tmpfs_room(&fs, 40961).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+        assert!(
+            err.to_string().contains("40961 bytes needed, 40960 free"),
+            "{err}"
+        );
+        fs.f_blocks = 0;
+        fs.f_bavail = 0;
+        assert!(check_tmpfs_room(&fs, u64::MAX).is_ok(), "unlimited tmpfs");
+    }
 
     #[test]
     fn coverage_merges_overlaps_and_neighbours() {
