@@ -443,25 +443,20 @@ impl OutputFile {
         {
             check_tmpfs_room(&fs, size)
                 .map_err(io_err("reserving space for", &self.partial_path))?;
-            return self
-                .file
-                .set_len(size)
-                .map_err(io_err("sizing", &self.partial_path));
+        } else {
+            // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
+            // fallocate reads no memory of ours.
+            if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) } == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(io_err("reserving space for", &self.partial_path)(e));
+            }
         }
-        // SAFETY: the descriptor belongs to `self.file`, open for the call's duration;
-        // fallocate reads no memory of ours.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-            return self
-                .file
-                .set_len(size)
-                .map_err(io_err("sizing", &self.partial_path));
-        }
-        Err(io_err("reserving space for", &self.partial_path)(e))
+        self.file
+            .set_len(size)
+            .map_err(io_err("sizing", &self.partial_path))
     }
 
     /// Loads the sidecar if it belongs to this manifest and the partial file has the right
