@@ -2,7 +2,8 @@
 
 /// Name of the XSKMAP: rx queue index → AF_XDP socket.
 pub const XSK_MAP: &str = "LIGHT_XSKS";
-/// Name of the hash map of UDP destination ports Light listens on (key: port in host order).
+/// Name of the bitmap of UDP destination ports Light listens on: a `u64` array, one bit per
+/// port (host order), placed by [`bit_of`].
 pub const PORT_MAP: &str = "LIGHT_PORTS";
 /// Name of the per-CPU counter array, indexed by [`Counter`].
 pub const COUNTER_MAP: &str = "LIGHT_COUNTERS";
@@ -13,13 +14,24 @@ pub const FILTER_MAP: &str = "LIGHT_FILTER";
 pub const FILTER_ON: u32 = 0;
 /// Index of the filtered session's id.
 pub const FILTER_SESSION: u32 = 1;
-/// Name of the hash map of the message indices this receiver wants (key: message index)
-/// while the filter is on; shards of the filtered session's other messages are dropped.
+/// Name of the bitmap of the message indices this receiver wants (a `u64` array, one bit per
+/// message, placed by [`bit_of`]) while the filter is on; shards of the filtered session's
+/// other messages are dropped.
 pub const WANT_MAP: &str = "LIGHT_WANT";
-/// Capacity of the wanted-message map; a receiver wanting more runs without the filter.
-pub const MAX_WANTED: u32 = 16384;
-/// Capacity of the port map.
-pub const MAX_PORTS: u32 = 16;
+/// Words of the wanted-message bitmap: it holds messages `0..64 * WANT_WORDS`. A receiver
+/// wanting a higher one runs without the filter, so while it is on, any message past the
+/// bitmap is unwanted.
+pub const WANT_WORDS: u32 = 16384;
+/// Words of the port bitmap: one bit for each of the 65 536 ports.
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Where bit `index` of a `u64`-array bitmap lives: the word's index and the bit's mask.
+/// Bitmaps rather than hash maps because an array lookup is a bounds check and an add in
+/// the XDP program, which runs once per frame per receiver.
+#[inline(always)]
+pub const fn bit_of(index: u32) -> (u32, u64) {
+    (index / 64, 1 << (index % 64))
+}
 /// Capacity of the XSKMAP (rx queues).
 pub const MAX_QUEUES: u32 = 64;
 /// Bytes of one AF_XDP UMEM chunk: one frame each.
@@ -80,5 +92,19 @@ impl Counter {
             Counter::Unwanted => "unwanted",
             Counter::Oversize => "oversize",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_fill_each_word_from_its_low_end() {
+        assert_eq!(bit_of(0), (0, 1));
+        assert_eq!(bit_of(63), (0, 1 << 63));
+        assert_eq!(bit_of(64), (1, 1));
+        assert_eq!(bit_of(65535), (PORT_WORDS - 1, 1 << 63));
+        assert_eq!(bit_of(64 * WANT_WORDS).0, WANT_WORDS);
     }
 }

@@ -16,14 +16,14 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_get_buff_len,
     macros::{map, socket_filter, xdp},
-    maps::{Array, HashMap, PerCpuArray, XskMap},
+    maps::{Array, PerCpuArray, XskMap},
     programs::{SkBuffContext, XdpContext},
 };
 use light_common::{
     MAGIC, PacketKind,
     maps::{
-        COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_PORTS, MAX_QUEUES, MAX_WANTED,
-        XSK_RX_FRAME_MAX, XSK_SG_FRAME_MAX,
+        COUNTER_COUNT, Counter, FILTER_ON, FILTER_SESSION, MAX_QUEUES, PORT_WORDS, WANT_WORDS,
+        XSK_RX_FRAME_MAX, XSK_SG_FRAME_MAX, bit_of,
     },
 };
 
@@ -31,13 +31,13 @@ use light_common::{
 static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map(name = "LIGHT_PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[map(name = "LIGHT_FILTER")]
 static FILTER: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map(name = "LIGHT_WANT")]
-static WANT: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WANTED, 0);
+static WANT: Array<u64> = Array::with_max_entries(WANT_WORDS, 0);
 
 #[map(name = "LIGHT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -52,6 +52,13 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_UDP: u8 = 17;
+
+/// Whether bit `index` of a bitmap is set; a bit past its end is clear.
+#[inline(always)]
+fn bit_set(map: &Array<u64>, index: u32) -> bool {
+    let (word, mask) = bit_of(index);
+    map.get(word).is_some_and(|w| w & mask != 0)
+}
 
 #[inline(always)]
 fn bump(counter: Counter) {
@@ -149,8 +156,7 @@ fn classify(ctx: &XdpContext, frame_len: usize) -> Verdict {
         return Verdict::Malformed;
     };
     let dport = be16_at(udp, 2);
-    // SAFETY: the map holds plain u8 values; a shared read is fine.
-    if unsafe { PORTS.get(&dport) }.is_none() {
+    if !bit_set(&PORTS, u32::from(dport)) {
         return Verdict::Pass;
     }
     let ulen = be16_at(udp, 4) as usize;
@@ -192,9 +198,7 @@ fn unwanted_header(h: *const u8) -> bool {
     {
         return false;
     }
-    let message = le32_at(h, 16);
-    // SAFETY: the map holds plain u8 values; a shared read is fine.
-    unsafe { WANT.get(&message) }.is_none()
+    !bit_set(&WANT, le32_at(h, 16))
 }
 
 /// Socket filter for the socket receive path: the kernel drops unwanted shards before they

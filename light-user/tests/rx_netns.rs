@@ -13,7 +13,7 @@ use std::{
 use light::transport::rx::{
     AttachMode, Receiver, RxConfig, RxError, RxPath, frame::build_udp_frame, xdp::copy_only_driver,
 };
-use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind};
+use light_common::{Counter, DataHeader, HEADER_LEN, PacketKind, maps::WANT_WORDS};
 use xtask::netns::{Host, Testbed, enter, in_ns, require_root};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 77, 1, 1);
@@ -656,13 +656,20 @@ fn message_filter_drops_other_messages_in_the_kernel() {
     message_filter_on(RxPath::Socket);
 }
 
+/// Messages of the filter test: two wanted in different bitmap words (one the last bit of
+/// its word), the bit just after a wanted one, and one past the bitmap's end.
+const FILTER_MESSAGES: [u32; 4] = [63, 64, 130, 64 * WANT_WORDS + 1];
+const FILTER_WANTED: [u32; 2] = [63, 130];
+
 /// On `path`: with the filter on, exactly the session's other messages are dropped, in the
 /// kernel and counted; with it off, everything arrives.
 fn message_filter_on(path: RxPath) {
     let bed = Testbed::new(1, 1500).unwrap();
     let host = bed.receivers[0].clone();
-    // Session 42's shards of messages 0..4, one shard of session 43, and 42's End marker.
-    let mut packets: Vec<Vec<u8>> = (0..400).map(|seq| shard(42, seq, seq % 4)).collect();
+    // Session 42's shards of the four messages, one shard of session 43, and 42's End marker.
+    let mut packets: Vec<Vec<u8>> = (0..400)
+        .map(|seq| shard(42, seq, FILTER_MESSAGES[seq as usize % 4]))
+        .collect();
     packets.push(shard(43, 400, 0));
     let mut end = vec![0u8; HEADER_LEN];
     DataHeader::new(PacketKind::End, 42)
@@ -674,10 +681,14 @@ fn message_filter_on(path: RxPath) {
     let handle = thread::spawn(move || {
         enter(&host.ns).unwrap();
         let (mut rx, _) = open_rx(&host.iface, IpAddr::V4(GROUP), path);
+        assert!(
+            !rx.filter_messages(42, &[1, 64 * WANT_WORDS]).unwrap(),
+            "a wanted message past the bitmap leaves the filter off"
+        );
         let mut rounds = Vec::new();
         for filter in [true, false] {
             if filter {
-                assert!(rx.filter_messages(42, &[1, 3]).unwrap());
+                assert!(rx.filter_messages(42, &FILTER_WANTED).unwrap());
             } else {
                 rx.unfilter().unwrap();
             }
@@ -717,17 +728,19 @@ fn message_filter_on(path: RxPath) {
     let (filtered_got, filtered_dropped) = &rounds[0];
     let kept = |p: &Vec<u8>| {
         let (h, _) = DataHeader::parse(p).unwrap();
-        h.session != 42 || h.packet_kind() == Some(PacketKind::End) || h.message % 2 == 1
+        h.session != 42
+            || h.packet_kind() == Some(PacketKind::End)
+            || FILTER_WANTED.contains(&h.message)
     };
     assert_eq!(
         filtered_got.len(),
         202,
-        "messages 1 and 3, session 43, the End marker"
+        "the two wanted messages, session 43, the End marker"
     );
     assert!(filtered_got.iter().all(kept));
     assert_eq!(
         *filtered_dropped, 200,
-        "messages 0 and 2 dropped in the kernel"
+        "the other two messages dropped in the kernel"
     );
     let (all_got, none_dropped) = &rounds[1];
     assert_eq!(

@@ -7,39 +7,40 @@ use std::os::fd::AsFd;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::SocketFilter,
 };
 use light_common::maps::{
-    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, MAX_WANTED, WANT_MAP,
+    COUNTER_MAP, Counter, FILTER_MAP, FILTER_ON, FILTER_SESSION, WANT_MAP, WANT_WORDS, bit_of,
 };
 
 use super::{RxError, xdp::load_object};
 
-/// The filter's state in user space: which messages it put in the wanted-message map.
+/// The filter's state in user space: the words of the wanted-message bitmap it set.
 #[derive(Debug, Default)]
 pub struct MessageFilter {
-    wanted: Vec<u32>,
+    words: Vec<u32>,
 }
 
 impl MessageFilter {
     /// Turns the filter on for `session`, keeping only `wanted` messages; returns false
-    /// (filter left off) when they do not fit the map.
+    /// (filter left off) when one is past the bitmap's end.
     pub fn set(&mut self, ebpf: &mut Ebpf, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
         self.clear(ebpf)?;
-        if wanted.len() > MAX_WANTED as usize {
-            return Ok(false);
+        let mut words = std::collections::BTreeMap::<u32, u64>::new();
+        for &m in wanted {
+            let (word, mask) = bit_of(m);
+            if word >= WANT_WORDS {
+                return Ok(false);
+            }
+            *words.entry(word).or_default() |= mask;
         }
         {
-            let map = ebpf
-                .map_mut(WANT_MAP)
-                .ok_or(RxError::MissingMap(WANT_MAP))?;
-            let mut want: HashMap<_, u32, u8> =
-                HashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
-            for &m in wanted {
-                want.insert(m, 1, 0)
+            let mut want = want_map(ebpf)?;
+            for (&word, &bits) in &words {
+                want.set(word, bits, 0)
                     .map_err(|e| RxError::Map(WANT_MAP, e))?;
-                self.wanted.push(m);
+                self.words.push(word);
             }
         }
         // The session first: the filter must never be on with another session's id.
@@ -48,19 +49,23 @@ impl MessageFilter {
         Ok(true)
     }
 
-    /// Turns the filter off and empties the wanted-message map.
+    /// Turns the filter off and empties the wanted-message bitmap.
     pub fn clear(&mut self, ebpf: &mut Ebpf) -> Result<(), RxError> {
         set_word(ebpf, FILTER_ON, 0)?;
-        let map = ebpf
-            .map_mut(WANT_MAP)
-            .ok_or(RxError::MissingMap(WANT_MAP))?;
-        let mut want: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))?;
-        for m in self.wanted.drain(..) {
-            want.remove(&m).map_err(|e| RxError::Map(WANT_MAP, e))?;
+        let mut want = want_map(ebpf)?;
+        for word in self.words.drain(..) {
+            want.set(word, 0, 0)
+                .map_err(|e| RxError::Map(WANT_MAP, e))?;
         }
         Ok(())
     }
+}
+
+fn want_map(ebpf: &mut Ebpf) -> Result<Array<&mut aya::maps::MapData, u64>, RxError> {
+    let map = ebpf
+        .map_mut(WANT_MAP)
+        .ok_or(RxError::MissingMap(WANT_MAP))?;
+    Array::try_from(map).map_err(|e| RxError::Map(WANT_MAP, e))
 }
 
 fn set_word(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), RxError> {

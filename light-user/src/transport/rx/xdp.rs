@@ -8,10 +8,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, XskMap},
+    maps::{Array, XskMap},
     programs::{Xdp, XdpMode},
 };
-use light_common::maps::{Counter, PORT_MAP, XSK_MAP, XSK_SG_FRAME_MAX};
+use light_common::maps::{Counter, PORT_MAP, XSK_MAP, XSK_SG_FRAME_MAX, bit_of};
 use socket2::Socket as StdSocket;
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User, xdp::XdpDesc,
@@ -124,11 +124,15 @@ impl XdpProgram {
             let map = ebpf
                 .map_mut(PORT_MAP)
                 .ok_or(RxError::MissingMap(PORT_MAP))?;
-            let mut ports_map: BpfHashMap<_, u16, u8> =
-                BpfHashMap::try_from(map).map_err(|e| RxError::Map(PORT_MAP, e))?;
+            let mut ports_map: Array<_, u64> =
+                Array::try_from(map).map_err(|e| RxError::Map(PORT_MAP, e))?;
             for &p in ports {
+                let (word, mask) = bit_of(u32::from(p));
+                let w = ports_map
+                    .get(&word, 0)
+                    .map_err(|e| RxError::Map(PORT_MAP, e))?;
                 ports_map
-                    .insert(p, 1, 0)
+                    .set(word, w | mask, 0)
                     .map_err(|e| RxError::Map(PORT_MAP, e))?;
             }
         }
