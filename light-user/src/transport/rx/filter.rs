@@ -61,6 +61,7 @@ impl MessageFilter {
     }
 }
 
+/// The object's wanted-message bitmap.
 fn want_map(ebpf: &mut Ebpf) -> Result<Array<&mut aya::maps::MapData, u64>, RxError> {
     let map = ebpf
         .map_mut(WANT_MAP)
