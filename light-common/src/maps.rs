@@ -32,6 +32,7 @@ pub const PORT_WORDS: u32 = 65536 / 64;
 pub const fn bit_of(index: u32) -> (u32, u64) {
     (index / 64, 1 << (index % 64))
 }
+
 /// Capacity of the XSKMAP (rx queues).
 pub const MAX_QUEUES: u32 = 64;
 /// Bytes of one AF_XDP UMEM chunk: one frame each.

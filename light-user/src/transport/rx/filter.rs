@@ -3,7 +3,7 @@
 //! receivers) before they cost a copy. The XDP program filters for the AF_XDP path; the
 //! socket path attaches the same object's `light_sock` socket filter to its UDP socket.
 
-use std::os::fd::AsFd;
+use std::{collections::BTreeMap, os::fd::AsFd};
 
 use aya::{
     Ebpf,
@@ -27,13 +27,12 @@ impl MessageFilter {
     /// (filter left off) when one is past the bitmap's end.
     pub fn set(&mut self, ebpf: &mut Ebpf, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
         self.clear(ebpf)?;
-        let mut words = std::collections::BTreeMap::<u32, u64>::new();
-        for &m in wanted {
-            let (word, mask) = bit_of(m);
-            if word >= WANT_WORDS {
-                return Ok(false);
-            }
-            *words.entry(word).or_default() |= mask;
+        let words = bitmap_words(wanted.iter().copied());
+        if words
+            .last_key_value()
+            .is_some_and(|(&w, _)| w >= WANT_WORDS)
+        {
+            return Ok(false);
         }
         {
             let mut want = want_map(ebpf)?;
@@ -59,6 +58,16 @@ impl MessageFilter {
         }
         Ok(())
     }
+}
+
+/// The words of a `u64`-array bitmap with the bits `indices` set, by word index.
+pub(super) fn bitmap_words(indices: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for i in indices {
+        let (word, mask) = bit_of(i);
+        *words.entry(word).or_default() |= mask;
+    }
+    words
 }
 
 /// The object's wanted-message bitmap.

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, XskMap},
     programs::{Xdp, XdpMode},
 };
-use light_common::maps::{Counter, PORT_MAP, XSK_MAP, XSK_SG_FRAME_MAX, bit_of};
+use light_common::maps::{Counter, PORT_MAP, XSK_MAP, XSK_SG_FRAME_MAX};
 use socket2::Socket as StdSocket;
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User, xdp::XdpDesc,
@@ -19,7 +19,7 @@ use xdpilone::{
 
 use super::{
     RxError, RxStats,
-    filter::{self, MessageFilter},
+    filter::{self, MessageFilter, bitmap_words},
     frame::{Gather, Gathered, parse_udp},
     read_or_wait,
     socket::{ifindex, joined_socket, poll_fds},
@@ -126,13 +126,9 @@ impl XdpProgram {
                 .ok_or(RxError::MissingMap(PORT_MAP))?;
             let mut ports_map: Array<_, u64> =
                 Array::try_from(map).map_err(|e| RxError::Map(PORT_MAP, e))?;
-            for &p in ports {
-                let (word, mask) = bit_of(u32::from(p));
-                let w = ports_map
-                    .get(&word, 0)
-                    .map_err(|e| RxError::Map(PORT_MAP, e))?;
+            for (word, bits) in bitmap_words(ports.iter().map(|&p| u32::from(p))) {
                 ports_map
-                    .set(word, w | mask, 0)
+                    .set(word, bits, 0)
                     .map_err(|e| RxError::Map(PORT_MAP, e))?;
             }
         }
