@@ -13,7 +13,9 @@ use aes::{
     cipher::{BlockCipherEncrypt, KeyInit},
 };
 use light_common::{HEADER_LEN, MAC_LEN, MAC_OFFSET};
-use polyval::{Polyval, universal_hash::UniversalHash};
+
+mod hash;
+use hash::HashKey;
 
 /// Context string separating the MAC's subkeys from any other use of the session key.
 const SUBKEYS: &str = "light 2026-11 packet MAC: POLYVAL hash key, AES-128 key";
@@ -23,8 +25,8 @@ const SUBKEYS: &str = "light 2026-11 packet MAC: POLYVAL hash key, AES-128 key";
 pub struct PacketKey {
     /// The 32 bytes the announcement carries.
     raw: [u8; 32],
-    /// POLYVAL keyed with the hash subkey, cloned for every packet.
-    hash: Polyval,
+    /// POLYVAL keyed with the hash subkey.
+    hash: HashKey,
     /// Encrypts the hash: makes the universal hash a MAC.
     prf: Aes128,
 }
@@ -45,7 +47,7 @@ impl PacketKey {
         kk.copy_from_slice(k);
         Self {
             raw,
-            hash: Polyval::new(&hk.into()),
+            hash: HashKey::new(hk),
             prf: Aes128::new(&kk.into()),
         }
     }
@@ -68,15 +70,14 @@ impl PacketKey {
     }
 
     fn mac(&self, packet: &[u8]) -> [u8; MAC_LEN] {
-        let mut h = self.hash.clone();
         // The header up to the MAC is two whole blocks; the MAC field is the header's end.
-        h.update_padded(&packet[..MAC_OFFSET]);
-        h.update_padded(&packet[HEADER_LEN..]);
         // Zero padding would hide trailing zero bytes: the length block tells them apart.
         let mut len = [0u8; 16];
         len[..8].copy_from_slice(&(packet.len() as u64).to_le_bytes());
-        h.update(&[len.into()]);
-        let mut tag = h.finalize();
+        let mut tag = self
+            .hash
+            .hash(&[&packet[..MAC_OFFSET], &packet[HEADER_LEN..]], len)
+            .into();
         self.prf.encrypt_block(&mut tag);
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&tag[..MAC_LEN]);
