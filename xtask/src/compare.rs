@@ -28,15 +28,18 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 pub use report::{Rep, Row};
-use tools::{Job, Settings, Tool};
+use tools::{Job, LightRx, Settings, Tool};
 
 use crate::netns::Testbed;
 
 /// A tool taking part in the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum ToolName {
-    /// Light, AF_XDP receive path.
+    /// Light, the receive path it picks itself: AF_XDP, or the socket where that is faster
+    /// (jumbo frames on veth).
     Light,
+    /// Light, AF_XDP receive path even where the socket is faster (`--require-xdp`).
+    LightXdp,
     /// Light, socket receive path (`--no-xdp`).
     LightNoxdp,
     /// udpcast (`udp-sender` / `udp-receiver`).
@@ -359,10 +362,12 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 fs::hard_link(files.join(&name), library.join(&name))
                     .or_else(|_| fs::copy(files.join(&name), library.join(&name)).map(|_| ()))?;
             }
-            if a.tools
-                .iter()
-                .any(|t| matches!(t, ToolName::Light | ToolName::LightNoxdp))
-            {
+            if a.tools.iter().any(|t| {
+                matches!(
+                    t,
+                    ToolName::Light | ToolName::LightXdp | ToolName::LightNoxdp
+                )
+            }) {
                 tools::light_pack(&settings, &library)?;
             }
             let bed = Testbed::new(k, mtu)?;
@@ -470,16 +475,20 @@ fn variants(
     let mut v = Vec::new();
     for &t in tools {
         match t {
-            ToolName::Light | ToolName::LightNoxdp => {
-                let no_xdp = t == ToolName::LightNoxdp;
-                let name = if no_xdp { "light-noxdp" } else { "light" };
+            ToolName::Light | ToolName::LightXdp | ToolName::LightNoxdp => {
+                let rx = match t {
+                    ToolName::LightXdp => LightRx::Xdp,
+                    ToolName::LightNoxdp => LightRx::Socket,
+                    _ => LightRx::Default,
+                };
                 let budgets = match scenario {
                     Scenario::Cached => cache_budgets(k),
                     Scenario::Same | Scenario::Loss => vec![String::new()],
                 };
                 for b in budgets {
                     let cache = if b.is_empty() { "0" } else { budget_arg(&b) }.to_owned();
-                    v.push((Tool::Light { cache, no_xdp }, name.to_owned(), b));
+                    let tool = Tool::Light { cache, rx };
+                    v.push((tool.clone(), tool_label(&tool).to_owned(), b));
                 }
             }
             ToolName::Udpcast => v.push((Tool::Udpcast, "udpcast".into(), String::new())),
@@ -550,8 +559,17 @@ fn one_rep(
 
 fn tool_label(t: &Tool) -> &'static str {
     match t {
-        Tool::Light { no_xdp: false, .. } => "light",
-        Tool::Light { no_xdp: true, .. } => "light-noxdp",
+        Tool::Light {
+            rx: LightRx::Default,
+            ..
+        } => "light",
+        Tool::Light {
+            rx: LightRx::Xdp, ..
+        } => "light-xdp",
+        Tool::Light {
+            rx: LightRx::Socket,
+            ..
+        } => "light-noxdp",
         Tool::Udpcast => "udpcast",
         Tool::Uftp { .. } => "uftp",
     }
@@ -643,7 +661,7 @@ mod tests {
             v[1].0,
             Tool::Light {
                 cache: "12.5%".into(),
-                no_xdp: false
+                rx: LightRx::Default
             }
         );
         let same = variants(&[ToolName::LightNoxdp], &[-1], Scenario::Same, 4);
@@ -651,7 +669,7 @@ mod tests {
             same[0].0,
             Tool::Light {
                 cache: "0".into(),
-                no_xdp: true
+                rx: LightRx::Socket
             }
         );
     }

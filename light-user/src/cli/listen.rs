@@ -79,7 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (mut rx, fallback) = Receiver::open(&a.rx.config(a.group, a.port))
         .with_context(|| format!("cannot receive on {}", a.rx.iface))?;
     if let Some(why) = &fallback {
-        eprintln!("light: XDP unavailable ({why}); using the socket path");
+        eprintln!("light: not using XDP: {why}; using the socket path");
     }
     eprintln!(
         "light: listening on {}:{} via {}",

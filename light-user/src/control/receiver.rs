@@ -456,7 +456,7 @@ impl OpenPath {
     fn open(cfg: RxConfig) -> Result<Self, SessionError> {
         let (rx, fallback) = Receiver::open(&cfg)?;
         if let Some(why) = fallback {
-            eprintln!("light: XDP unavailable ({why}); using the socket receive path");
+            eprintln!("light: not using XDP: {why}; using the socket receive path");
         }
         Ok(Self { cfg, rx })
     }

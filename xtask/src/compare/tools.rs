@@ -32,15 +32,26 @@ const RCVBUF: &str = "4194304";
 /// UFTP's port: clients listen on it, and the server multicasts the data to it.
 pub const UFTP_PORT: u16 = 1044;
 
+/// The receive path Light's receivers are told to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LightRx {
+    /// Their own choice (AF_XDP, or the socket where that is faster).
+    Default,
+    /// AF_XDP, even where the socket path is faster (`--require-xdp`).
+    Xdp,
+    /// The socket path (`--no-xdp`).
+    Socket,
+}
+
 /// Which program moves the files.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tool {
-    /// Light; `cache` is the `--cache` budget, `no_xdp` picks the socket receive path.
+    /// Light; `cache` is the `--cache` budget, `rx` the receivers' receive path.
     Light {
         /// `--cache` budget (`0`, `25%`, ...).
         cache: String,
-        /// Receivers use `--no-xdp`.
-        no_xdp: bool,
+        /// Which receive path the receivers are told to take.
+        rx: LightRx,
     },
     /// udpcast.
     Udpcast,
@@ -161,7 +172,7 @@ pub fn run(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
 
 fn transfer(tool: &Tool, job: &Job<'_>, s: &Settings) -> Result<Measured> {
     match tool {
-        Tool::Light { cache, no_xdp } => light(job, s, cache, *no_xdp),
+        Tool::Light { cache, rx } => light(job, s, cache, *rx),
         Tool::Udpcast | Tool::Uftp { .. } => {
             // Peers have no caches: one transfer per distinct requested file, one after the other.
             let mut files: Vec<usize> = job.demands.to_vec();
@@ -202,7 +213,7 @@ fn out_dir(job: &Job<'_>, r: usize) -> Result<PathBuf> {
     Ok(d)
 }
 
-fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measured> {
+fn light(job: &Job<'_>, s: &Settings, cache: &str, rx: LightRx) -> Result<Measured> {
     ensure!(
         s.light_bin.is_file(),
         "light binary not found at {} (build it: cargo build --release -p light-user)",
@@ -275,8 +286,14 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, no_xdp: bool) -> Result<Measu
             .arg(&out)
             .arg("--cache-dir")
             .arg(&cache_dir);
-        if no_xdp {
-            cmd.arg("--no-xdp");
+        match rx {
+            LightRx::Default => {}
+            LightRx::Xdp => {
+                cmd.arg("--require-xdp");
+            }
+            LightRx::Socket => {
+                cmd.arg("--no-xdp");
+            }
         }
         cmd.args(&s.light_receive_args);
         receivers.push(Proc::spawn(cmd, &format!("light-receive-{r}"), &logs)?);
