@@ -20,7 +20,9 @@ pub struct RxArgs {
     /// Use the plain socket path instead of XDP/AF_XDP.
     #[arg(long)]
     pub no_xdp: bool,
-    /// Fail instead of falling back to the socket path when XDP cannot be used.
+    /// Fail instead of falling back to the socket path when XDP cannot be used, and use
+    /// AF_XDP even where the socket path is faster: jumbo frames on a link without
+    /// zero-copy AF_XDP, such as veth (each frame would be copied twice on the way in).
     #[arg(long, conflicts_with = "no_xdp")]
     pub require_xdp: bool,
     /// XDP attach mode: driver (native) with skb fallback, or one of them only.
