@@ -566,7 +566,10 @@ fn jumbo_frames_take_the_multi_buffer_af_xdp_path_or_the_socket_on_veth() {
         paths[0].contains("AF_XDP") && paths[0].contains("multi-buffer"),
         "{paths:?}"
     );
-    assert!(paths[1].contains("socket"), "{paths:?}");
+    assert!(
+        paths[1].contains("socket") && paths[1].contains("no zero-copy AF_XDP"),
+        "the summary says why XDP was not used: {paths:?}"
+    );
     assert_eq!(report(&run)["fec"]["symbol_size"].as_u64().unwrap(), 8896);
 }
 

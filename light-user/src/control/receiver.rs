@@ -450,15 +450,26 @@ enum Work {
 struct OpenPath {
     cfg: RxConfig,
     rx: Receiver,
+    /// Why XDP was not used, when it was asked for: the summary's `rx_path` says so too.
+    fallback: Option<String>,
 }
 
 impl OpenPath {
     fn open(cfg: RxConfig) -> Result<Self, SessionError> {
         let (rx, fallback) = Receiver::open(&cfg)?;
-        if let Some(why) = fallback {
+        let fallback = fallback.map(|why| why.to_string());
+        if let Some(why) = &fallback {
             eprintln!("light: not using XDP: {why}; using the socket receive path");
         }
-        Ok(Self { cfg, rx })
+        Ok(Self { cfg, rx, fallback })
+    }
+
+    /// The path in use, and why it is not XDP if XDP was asked for.
+    fn describe(&self) -> String {
+        match &self.fallback {
+            Some(why) => format!("{}; not using XDP: {why}", self.rx.describe()),
+            None => self.rx.describe(),
+        }
     }
 }
 
@@ -796,10 +807,11 @@ impl DataJob {
                 }
             }
         }
-        let Some(OpenPath { rx, .. }) = open.as_mut() else {
+        let Some(path) = open.as_mut() else {
             return Err(SessionError::Protocol("receive path not open".into()));
         };
-        let rx_path = rx.describe();
+        let rx_path = path.describe();
+        let rx = &mut path.rx;
         // Other receivers' messages (most of a coded pass) are dropped in the kernel (XDP
         // program or socket filter) before they are copied; what it counts feeds the loss
         // estimate.
