@@ -488,7 +488,8 @@ fn variants(
                 for b in budgets {
                     let cache = if b.is_empty() { "0" } else { budget_arg(&b) }.to_owned();
                     let tool = Tool::Light { cache, rx };
-                    v.push((tool.clone(), tool_label(&tool).to_owned(), b));
+                    let name = tool_label(&tool).to_owned();
+                    v.push((tool, name, b));
                 }
             }
             ToolName::Udpcast => v.push((Tool::Udpcast, "udpcast".into(), String::new())),

@@ -154,14 +154,19 @@ pub struct RxConfig {
     pub max_datagram: usize,
 }
 
-/// Whether `iface` carries frames that span several AF_XDP chunks and its driver has no
-/// zero-copy mode: each frame is then copied twice on the way in (veth copies the frame
-/// it was handed for XDP, AF_XDP copies it again into the chunks), and gathered once more
-/// in user space, against one copy for a socket. Measured on veth at MTU 9000, K=8, 1 GiB,
-/// 3 reps in the same run: the socket path took 8.27 s against 11.07 s (same file) and
-/// 8.67 s against 10.83 s (1 % loss), with the sender's CPU 3.3 against 6.1 s.
-fn socket_is_faster(iface: &str) -> bool {
-    xdp::mtu(iface).is_ok_and(|m| m > xdp::MAX_XDP_MTU) && xdp::copy_only_driver(iface)
+/// Why the socket path beats AF_XDP on `iface`, if it does: its frames span several
+/// AF_XDP chunks and its driver has no zero-copy mode, so each frame is copied twice on
+/// the way in (veth copies the frame it was handed for XDP, AF_XDP copies it again into
+/// the chunks), and gathered once more in user space, against one copy for a socket.
+/// Measured on veth at MTU 9000, K=8, 1 GiB, 3 reps in the same run: the socket path took
+/// 8.27 s against 11.07 s (same file) and 8.67 s against 10.83 s (1 % loss), with the
+/// sender's CPU 3.3 against 6.1 s.
+fn copied_jumbo_frames(iface: &str) -> Option<RxError> {
+    let mtu = xdp::mtu(iface).ok()?;
+    (mtu > xdp::MAX_XDP_MTU && xdp::copy_only_driver(iface)).then(|| RxError::CopiedJumboFrames {
+        iface: iface.to_owned(),
+        mtu,
+    })
 }
 
 /// An open receive path.
@@ -177,17 +182,14 @@ impl Receiver {
     /// path, the reason XDP was not used.
     pub fn open(cfg: &RxConfig) -> Result<(Self, Option<RxError>), RxError> {
         let socket = || SocketRx::open(&cfg.iface, cfg.group, cfg.port, cfg.max_datagram);
+        if let RxPath::Xdp { insist: false, .. } = cfg.path
+            && let Some(why) = copied_jumbo_frames(&cfg.iface)
+        {
+            tracing::info!(reason = %why, "using the socket receive path");
+            return Ok((Receiver::Socket(socket()?), Some(why)));
+        }
         match cfg.path {
             RxPath::Socket => Ok((Receiver::Socket(socket()?), None)),
-            RxPath::Xdp { insist: false, .. } if socket_is_faster(&cfg.iface) => {
-                let mtu = xdp::mtu(&cfg.iface)?;
-                let why = RxError::CopiedJumboFrames {
-                    iface: cfg.iface.clone(),
-                    mtu,
-                };
-                tracing::info!(reason = %why, "using the socket receive path");
-                Ok((Receiver::Socket(socket()?), Some(why)))
-            }
             RxPath::Xdp { mode, insist } => {
                 match XdpRx::open(&cfg.iface, cfg.group, cfg.port, mode) {
                     Ok(x) => Ok((Receiver::Xdp(Box::new(x)), None)),
