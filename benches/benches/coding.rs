@@ -1,9 +1,10 @@
 //! Coding-core hot paths: XOR, message encoding, Reed–Solomon encode/decode at several
-//! loss rates, and planning time for K = 16.
+//! loss rates, packetizing into send batches, and planning time for K = 16.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use light::coding::{CacheBudget, PlanInput, SchemeChoice, encode_message, plan, xor_into};
 use light::fec::{Assembler, FecEncoder, FecParams, Packetizer};
+use light::transport::tx::Batch;
 use light_common::{DataHeader, HEADER_LEN};
 use std::hint::black_box;
 
@@ -76,6 +77,46 @@ fn assemble(params: FecParams, len: usize, packets: &[Vec<u8>]) {
     let mut asm = Assembler::new(params, 1, [(0u32, len as u64)]).unwrap();
     let done = packets.iter().filter_map(|p| asm.on_packet(p)).count();
     assert_eq!(done, 1);
+}
+
+/// Packetizes `msg` into recycled 64-packet send batches, as the server's first pass does;
+/// `sized` takes each buffer at full length as is, otherwise it is emptied and zero-filled.
+fn fill_batches(enc: &mut FecEncoder, msg: &[u8], batch: &mut Batch, need: usize, sized: bool) {
+    let mut p = Packetizer::first_pass(enc, 1, 0, msg, 0).unwrap();
+    while p.remaining() > 0 {
+        batch.clear();
+        while p.remaining() > 0 {
+            let v = if sized {
+                batch.next_packet_sized(need)
+            } else {
+                batch.next_packet().map(|v| {
+                    v.resize(need, 0);
+                    v
+                })
+            };
+            let Some(v) = v else { break };
+            let n = p.next_into(v).unwrap().unwrap();
+            v.truncate(n);
+        }
+        black_box(batch.packets());
+    }
+}
+
+fn batch_fill(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batch_fill");
+    for symbol in [SYMBOL, 8800] {
+        let params = FecParams::for_loss(0.01, symbol).unwrap();
+        let msg = bytes(8 * usize::from(params.source_per_block) * symbol, 5);
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        let need = HEADER_LEN + symbol;
+        let mut enc = FecEncoder::new(params).unwrap();
+        let mut batch = Batch::new(64, need);
+        for (name, sized) in [("zero_filled", false), ("sized", true)] {
+            g.bench_function(BenchmarkId::new(name, symbol), |b| {
+                b.iter(|| fill_batches(&mut enc, &msg, &mut batch, need, sized))
+            });
+        }
+    }
 }
 
 fn reed_solomon(c: &mut Criterion) {
@@ -189,5 +230,5 @@ fn planning(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, xor, reed_solomon, planning);
+criterion_group!(benches, xor, reed_solomon, batch_fill, planning);
 criterion_main!(benches);

@@ -98,8 +98,10 @@ impl Tally<'_> {
                 None => self.handle.batch()?,
             };
             while pk.remaining() > 0 {
-                let Some(v) = batch.next_packet() else { break };
-                v.resize(need, 0);
+                // The packetizer writes all `need` bytes (header, payload, zero padding).
+                let Some(v) = batch.next_packet_sized(need) else {
+                    break;
+                };
                 let n = pk
                     .next_into(v)
                     .map_err(|source| TxError::Packetize { message, source })?

@@ -134,6 +134,17 @@ impl Batch {
         Some(buf)
     }
 
+    /// The next datagram buffer resized to `len` bytes, `None` when full. Its bytes are
+    /// whatever its last use left (zeroes only where it grew), for callers that overwrite
+    /// all of them: zeroing each full-size packet first cost the server ~0.1 s of CPU per
+    /// GiB sent (perf, MTU 9000).
+    pub fn next_packet_sized(&mut self, len: usize) -> Option<&mut Vec<u8>> {
+        let buf = self.bufs.get_mut(self.len)?;
+        buf.resize(len, 0);
+        self.len += 1;
+        Some(buf)
+    }
+
     /// Appends a copy of `bytes` as the next datagram.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), TxError> {
         let cap = self.capacity();
@@ -275,4 +286,35 @@ fn run(
         paced_wait,
         last - start,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn sized_packets_reuse_their_buffers_at_the_asked_length() {
+        let mut b = Batch::new(2, 64);
+        let first = b.next_packet_sized(40).unwrap();
+        assert_eq!(
+            first.as_slice(),
+            &[0; 40][..],
+            "a fresh buffer grows with zeroes"
+        );
+        first.fill(7);
+        let at = first.as_ptr();
+        b.next_packet_sized(64).unwrap();
+        assert!(b.next_packet_sized(1).is_none(), "full");
+        b.clear();
+        let again = b.next_packet_sized(30).unwrap();
+        assert_eq!(again.as_ptr(), at, "the buffer is reused, not reallocated");
+        assert_eq!(again.len(), 30);
+        // A shorter packet is the old bytes cut short: the caller overwrites them.
+        assert!(again.iter().all(|&x| x == 7));
+        assert_eq!(
+            b.next_packet().unwrap().len(),
+            0,
+            "next_packet still empties"
+        );
+    }
 }
