@@ -89,12 +89,12 @@ fn fill_batches(enc: &mut FecEncoder, msg: &[u8], batch: &mut Batch, need: usize
             let v = if sized {
                 batch.next_packet_sized(need)
             } else {
-                batch.next_packet().map(|v| {
-                    v.resize(need, 0);
-                    v
-                })
+                batch.next_packet()
             };
             let Some(v) = v else { break };
+            if !sized {
+                v.resize(need, 0);
+            }
             let n = p.next_into(v).unwrap().unwrap();
             v.truncate(n);
         }
