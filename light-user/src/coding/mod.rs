@@ -13,9 +13,11 @@
 
 mod codec;
 mod plan;
+mod routing;
 
 pub use codec::{Decoder, Recovered, encode_message, encode_range, uncoded_bytes, xor_into};
 pub use plan::{Plan, plan};
+pub use routing::{MAX_GROUPS, MAX_JOINS, Routing, nth_group};
 
 use serde::{Deserialize, Serialize};
 

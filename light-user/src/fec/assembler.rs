@@ -124,23 +124,23 @@ pub struct Stats {
     pub messages_complete: u64,
     /// Packets of this session, any kind (every one carries the next sequence number).
     pub in_session: u64,
-    /// Highest sequence number of a packet the caller authenticated (a used shard or an
-    /// End marker of this session); unauthenticated ones cannot stretch the loss span.
-    pub seq_high: Option<u32>,
+    /// Packets the server sent to the groups this receiver heard, as far as it can tell:
+    /// per group, one more than the highest sequence number of a packet the caller
+    /// authenticated (a used shard or an End marker of this session), summed.
+    /// Unauthenticated packets cannot stretch it.
+    pub span: u64,
 }
 
 impl Stats {
-    /// Share of the session's packets that never arrived: the span from the session's
-    /// first sequence number (0) to the highest authenticated one, against the packets
-    /// received (0 before any).
+    /// Share of the session's packets that never arrived: the packets received against
+    /// [`Stats::span`] (0 before any authenticated packet).
     pub fn loss(&self) -> f64 {
-        let Some(high) = self.seq_high else {
+        if self.span == 0 {
             return 0.0;
-        };
-        let span = u64::from(high) + 1;
+        }
         // Replays and duplicates are not new packets.
-        let got = self.in_session.saturating_sub(self.duplicate).min(span);
-        1.0 - got as f64 / span as f64
+        let got = self.in_session.saturating_sub(self.duplicate).min(self.span);
+        1.0 - got as f64 / self.span as f64
     }
 }
 
@@ -163,6 +163,8 @@ struct MessageState {
     /// Empty for a streamed message, whose blocks hold their own symbols.
     buf: Vec<u8>,
     stream: bool,
+    /// The group it is sent on (its sequence numbers count that group's packets).
+    group: u16,
     blocks: Vec<BlockState>,
     blocks_left: u32,
     done: bool,
@@ -186,6 +188,9 @@ pub struct Assembler {
     messages: BTreeMap<u32, MessageState>,
     decoder: Option<ReedSolomonDecoder>,
     stats: Stats,
+    /// Highest authenticated sequence number per group (index 0: the session's group,
+    /// which carries the End markers).
+    seq_high: Vec<Option<u32>>,
     /// Block buffers handed back by the consumer ([`Assembler::recycle`]), reused so a
     /// streamed block costs no fresh pages (a new 360 KB buffer is page-faulted and zeroed
     /// by the kernel, then unmapped again when the writer drops it).
@@ -230,6 +235,7 @@ impl Assembler {
                     layout,
                     buf: vec![0; bytes],
                     stream: false,
+                    group: 0,
                     blocks,
                     blocks_left: layout.blocks,
                     done: false,
@@ -242,8 +248,22 @@ impl Assembler {
             messages: map,
             decoder: None,
             stats: Stats::default(),
+            seq_high: Vec::new(),
             spare: Vec::new(),
         })
+    }
+
+    /// Says `message` is sent on group `group` ([`crate::coding::Routing`]), whose packets
+    /// have sequence numbers of their own. Only before its first packet; false if unknown
+    /// or late.
+    pub fn route(&mut self, message: u32, group: u16) -> bool {
+        match self.messages.get_mut(&message) {
+            Some(m) if m.blocks.iter().all(|b| b.count == 0) => {
+                m.group = group;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Hands out `message` block by block ([`Event::Piece`]) instead of whole: the
@@ -366,8 +386,24 @@ impl Assembler {
         if h.session == self.session {
             let st = &mut self.stats;
             st.in_session += 1;
-            if checked.is_ok() || h.packet_kind() == Some(PacketKind::End) {
-                st.seq_high = Some(st.seq_high.map_or(h.seq, |s| s.max(h.seq)));
+            // A checked shard is of a known message; an End marker names its group in the
+            // message field, and counts only for a group this receiver hears.
+            let group = match checked {
+                Ok(_) => self.messages.get(&h.message).map(|m| m.group),
+                Err(_) if h.packet_kind() == Some(PacketKind::End) => u16::try_from(h.message)
+                    .ok()
+                    .filter(|&g| g == 0 || self.messages.values().any(|m| m.group == g)),
+                Err(_) => None,
+            };
+            if let Some(g) = group.map(usize::from) {
+                if self.seq_high.len() <= g {
+                    self.seq_high.resize(g + 1, None);
+                }
+                let high = &mut self.seq_high[g];
+                let old = high.map_or(0, |s| u64::from(s) + 1);
+                let new = u64::from(high.map_or(h.seq, |s| s.max(h.seq))) + 1;
+                *high = Some(new as u32 - 1);
+                st.span += new - old;
             }
         }
         let is_source = match checked {

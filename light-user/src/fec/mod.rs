@@ -380,8 +380,13 @@ mod tests {
 
     /// An End marker of session 9 carrying `seq`.
     fn end_marker(seq: u32) -> Vec<u8> {
+        end_marker_on(0, seq)
+    }
+
+    fn end_marker_on(group: u32, seq: u32) -> Vec<u8> {
         let mut h = DataHeader::new(PacketKind::End, 9);
         h.seq = seq;
+        h.message = group;
         let mut v = vec![0u8; HEADER_LEN];
         h.write_to(&mut v).unwrap();
         v
@@ -409,10 +414,39 @@ mod tests {
         asm.on_packet(&foreign);
         asm.on_packet(&end_marker(52));
         let st = asm.stats();
-        assert_eq!((st.seq_high, st.duplicate), (Some(52), 1));
+        assert_eq!((st.span, st.duplicate), (53, 1));
         assert_eq!(st.foreign_session, 1);
         // Packets 1, 5, ..., 49 lost: 13 of 53.
         assert!((st.loss() - 13.0 / 53.0).abs() < 1e-9, "{}", st.loss());
+    }
+
+    #[test]
+    fn each_group_counts_its_own_sequence_numbers() {
+        let params = FecParams::new(64, 16, 4, 16).unwrap();
+        let data: Vec<u8> = (0..40 * 64).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = FecEncoder::new(params).unwrap();
+        // Message 3 on group 2: its 52 packets are seq 0..=51 of that group.
+        let pkts = all_packets(params, &mut enc, 3, &data);
+        let mut asm = Assembler::new(params, 9, [(3u32, data.len() as u64)]).unwrap();
+        assert!(asm.route(3, 2));
+        assert!(!asm.route(4, 1), "an unknown message has no route");
+        for (_, p) in pkts.iter().enumerate().filter(|(i, _)| i % 4 != 1) {
+            asm.on_packet(p);
+        }
+        assert!(!asm.route(3, 1), "routes are set before the first packet");
+        // Group 2's End markers continue its count (seq 52..=56); 53-55 were lost. One for
+        // a group this receiver does not hear counts for nothing.
+        for seq in [52, 56] {
+            asm.on_packet(&end_marker_on(2, seq));
+        }
+        asm.on_packet(&end_marker_on(7, 900));
+        // The session's group carried only its End markers, seq 0..=4; 1 and 3 were lost.
+        for seq in [0, 2, 4] {
+            asm.on_packet(&end_marker(seq));
+        }
+        let st = asm.stats();
+        assert_eq!((st.span, st.in_session), (57 + 5, 39 + 2 + 1 + 3));
+        assert!((st.loss() - 17.0 / 62.0).abs() < 1e-9, "{}", st.loss());
     }
 
     #[test]
@@ -431,7 +465,7 @@ mod tests {
         other[12..16].copy_from_slice(&5000u32.to_le_bytes());
         other[16..20].copy_from_slice(&4u32.to_le_bytes());
         asm.on_packet(&other);
-        assert_eq!(asm.stats().seq_high, None);
+        assert_eq!(asm.stats().span, 0);
         // This message's 52 packets (seq 0..=51) arrive; of the 48 other messages' packets
         // sent after them (seq 52..=99) the filter dropped 40 (noted above), 8 never
         // arrived; the End marker (seq 100) bounds the span.
@@ -440,7 +474,7 @@ mod tests {
         }
         asm.on_packet(&end_marker(100));
         let st = asm.stats();
-        assert_eq!((st.seq_high, st.in_session), (Some(100), 94));
+        assert_eq!((st.span, st.in_session), (101, 94));
         assert_eq!(st.unexpected_message, 41);
         // 94 arrivals (one forged) over 101 sequence numbers.
         assert!((st.loss() - 7.0 / 101.0).abs() < 1e-9, "{}", st.loss());
