@@ -42,6 +42,7 @@ async fn duplicate_receiver_id_is_refused_with_a_reason() {
         scheme: SchemeChoice::Auto,
         group: "239.77.3.3".parse().unwrap(),
         port: 7733,
+        subset_groups: 64,
         iface: None,
         rate: None,
         bind,

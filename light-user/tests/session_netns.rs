@@ -78,17 +78,17 @@ fn binom(n: u64, k: u64) -> u64 {
     (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
 }
 
-/// Bytes on the wire the FEC layout declares for `messages` messages of `len` bytes:
-/// every symbol padded to the symbol size, first-pass parity, a header per packet, and
-/// the End markers.
-fn declared_wire_bytes(fec: &serde_json::Value, messages: u64, len: u64) -> u64 {
+/// Bytes on the wire the FEC layout declares for `messages` messages of `len` bytes sent on
+/// `groups` multicast groups: every symbol padded to the symbol size, first-pass parity, a
+/// header per packet, and each group's End markers.
+fn declared_wire_bytes(fec: &serde_json::Value, messages: u64, len: u64, groups: u64) -> u64 {
     let s = fec["symbol_size"].as_u64().unwrap();
     let k = fec["source_per_block"].as_u64().unwrap();
     let r = fec["parity_per_block"].as_u64().unwrap();
     let symbols = len.div_ceil(s);
     let packets = symbols + symbols.div_ceil(k) * r;
     let header = light_common::HEADER_LEN as u64;
-    messages * packets * (header + s) + 5 * header
+    messages * packets * (header + s) + 5 * groups * header
 }
 
 fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
@@ -103,9 +103,12 @@ fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
     let sub = F / binom(k, t);
     let messages = binom(k, t + 1);
     assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), messages * sub);
+    // Each message has its own audience (t+1 receivers), so its own group.
+    let groups = messages + 1;
+    assert_eq!(rep["multicast_groups"].as_u64().unwrap(), groups);
     assert_eq!(
         rep["multicast_bytes"].as_u64().unwrap(),
-        declared_wire_bytes(&rep["fec"], messages, sub),
+        declared_wire_bytes(&rep["fec"], messages, sub, groups),
         "multicast bytes = plan payload + declared FEC and header overhead"
     );
     assert_eq!(rep["placed_bytes"].as_u64().unwrap(), k * 4 * F * t / k);
@@ -113,6 +116,16 @@ fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
         let sum: serde_json::Value = serde_json::from_str(r.output.trim()).unwrap();
         let want = if no_xdp { "socket" } else { "AF_XDP" };
         assert!(sum["rx_path"].as_str().unwrap().contains(want), "{sum}");
+        // The bridge snoops IGMP: the other receivers' messages (half the pass at t=1,
+        // a quarter at t=2) never reach this one, where its filter would drop and count
+        // them. What it drops is late parity; and with per-group sequence numbers the
+        // groups it does not hear are not taken for loss.
+        let (packets, dropped) = (
+            sum["packets"].as_u64().unwrap(),
+            sum["dropped"].as_u64().unwrap(),
+        );
+        assert!(dropped * 10 < packets, "{sum}");
+        assert!(sum["loss"].as_f64().unwrap() < 0.005, "{sum}");
     }
 }
 
@@ -917,7 +930,7 @@ fn caches_filled_ahead_survive_a_server_restart_and_corruption_is_refilled() {
     assert_eq!(rep["plan_payload_bytes"].as_u64().unwrap(), 6 * F / 4);
     assert_eq!(
         rep["multicast_bytes"].as_u64().unwrap(),
-        declared_wire_bytes(&rep["fec"], 6, F / 4)
+        declared_wire_bytes(&rep["fec"], 6, F / 4, 7)
     );
 
     // Flip one byte of receiver 3's cache.

@@ -118,7 +118,26 @@ impl Testbed {
                 "type",
                 "bridge",
                 "mcast_snooping",
-                "0",
+                "1",
+                "mcast_query_response_interval",
+                "50",
+            ],
+        )?;
+        // IGMP snooping, as a LAN switch does it: a group goes only to the ports that
+        // joined it. The bridge snoops only once it knows of a querier (else it floods),
+        // so it is its own, trusted after the response interval (0.5 s, not 10 s); the
+        // interval must be set before the querier is turned on to apply.
+        in_ns(
+            br,
+            &[
+                "ip",
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_querier",
+                "1",
             ],
         )?;
         in_ns(br, &["ip", "link", "set", "br0", "mtu", &mtu, "up"])?;

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::units::{Rate, parse_budget, parse_rate};
 use crate::{
-    coding::{CacheBudget, SchemeChoice},
+    coding::{CacheBudget, MAX_GROUPS, SchemeChoice},
     control::server::{ServeConfig, serve},
 };
 
@@ -44,6 +44,12 @@ pub struct Args {
     /// Multicast UDP port.
     #[arg(long, default_value_t = 7700)]
     port: u16,
+    /// Further multicast groups, counted up from --group in its low 16 bits, for coded
+    /// messages only some receivers need: each receiver joins just its own (at most 16),
+    /// so switches with IGMP/MLD snooping and the receivers' NICs drop the rest. 0 sends
+    /// everything on --group.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_GROUPS)))]
+    subset_groups: u16,
     /// Interface the multicast leaves through (default: the one holding the --bind address).
     #[arg(long)]
     iface: Option<String>,
@@ -102,6 +108,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         group: a.group,
         port: a.port,
+        subset_groups: a.subset_groups,
         iface: a.iface,
         rate: a.rate.0,
         bind: a.bind,

@@ -74,15 +74,17 @@ impl Routing {
 
     /// The group index of sent message `message` (0, the session's group, if unknown).
     pub fn group_of(&self, message: u32) -> u16 {
-        self.of_message
-            .get(message as usize)
-            .copied()
-            .unwrap_or(0)
+        self.of_message.get(message as usize).copied().unwrap_or(0)
     }
 
     /// Groups in use, the session's included.
     pub fn groups(&self) -> usize {
-        1 + self.joins.iter().flatten().max().map_or(0, |&g| usize::from(g))
+        1 + self
+            .joins
+            .iter()
+            .flatten()
+            .max()
+            .map_or(0, |&g| usize::from(g))
     }
 
     /// The address of group `index`.

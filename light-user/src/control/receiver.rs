@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     catalog::{CatalogError, Manifest, OutputFile, verify_manifest},
-    coding::{CachedPart, Decoder, plan},
+    coding::{CachedPart, Decoder, Routing, plan},
     fec::{Assembler, BlockDecoder, Event, FecParams, Restore},
     transport::{
         mac::PacketKey,
@@ -815,6 +815,17 @@ impl DataJob {
         // Other receivers' messages (most of a coded pass) are dropped in the kernel (XDP
         // program or socket filter) before they are copied; what it counts feeds the loss
         // estimate.
+        // The messages this receiver needs come on the session's group and the groups of
+        // their audiences (as the server routes them), each group counting its own
+        // sequence numbers.
+        let routing = Routing::new(&plan, self.rx.group, self.announced.subset_groups)?;
+        for &m in &wanted {
+            assembler.route(m, routing.group_of(m));
+        }
+        if let Err(e) = rx.set_groups(&routing.joins(slot)) {
+            let _ = ready.send(Err(()));
+            return Err(e.into());
+        }
         let filtered_base = rx.filtered().unwrap_or(0);
         let filtering = match rx.filter_messages(self.session, &wanted) {
             Ok(on) => on,
@@ -862,6 +873,9 @@ impl DataJob {
                 let end = DataHeader::parse(p).ok().filter(|(h, _)| {
                     h.packet_kind() == Some(PacketKind::End) && h.session == session
                 });
+                // Every group's End markers bound its loss span (the assembler's); those of
+                // the session's group (message field 0) alone, one sequence, mark the passes.
+                let pass_end = end.filter(|(h, _)| h.message == 0);
                 // Only packets that change something pay for their MAC: the End marker and
                 // shards the assembler will use. The rest (other receivers' messages,
                 // duplicates, late repair) only count as arrivals, whoever sent them: a
@@ -875,9 +889,13 @@ impl DataJob {
                         return;
                     }
                     // A replayed End marker authenticates but is no news.
-                    trusted |= end.is_none_or(|(h, _)| last_end.is_none_or(|l| h.seq > l));
+                    trusted |= match (end, pass_end) {
+                        (None, _) => true,
+                        (Some(_), Some((h, _))) => last_end.is_none_or(|l| h.seq > l),
+                        (Some(_), None) => false,
+                    };
                 }
-                if let Some((h, _)) = end {
+                if let Some((h, _)) = pass_end {
                     last_end = Some(last_end.map_or(h.seq, |l: u32| l.max(h.seq)));
                 }
                 // The decoder and writer only stop early on an error, which join() reports

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     catalog::{Catalog, ContentInfo, ServerKey, SessionOutcome, pack},
-    coding::{CacheBudget, Plan, PlanInput, SchemeChoice, plan},
+    coding::{CacheBudget, Plan, PlanInput, Routing, SchemeChoice, plan},
     fec::FecParams,
     transport::mac::PacketKey,
     transport::tx::{
@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub group: IpAddr,
     /// Multicast UDP port.
     pub port: u16,
+    /// Further groups after `group` for messages only some receivers need
+    /// ([`crate::coding::Routing`]); 0 sends everything on `group`.
+    pub subset_groups: u16,
     /// Interface multicast leaves through (default: the one holding the bind address).
     pub iface: Option<String>,
     /// Pacing rate in bytes/s (`None`: as fast as the sender goes).
@@ -106,6 +109,8 @@ pub struct SessionReport {
     pub multicast_bytes: u64,
     /// Packets multicast.
     pub multicast_packets: u64,
+    /// Most multicast groups one round used, the session's own included.
+    pub multicast_groups: usize,
     /// Repair rounds run after the first pass.
     pub repair_rounds: u32,
     /// UDP payload bytes of repair parity (and its End markers).
@@ -153,7 +158,7 @@ impl SessionReport {
             "session {}: {}\n  t = {:.3}, subpacketization {}, theoretical rate {:.4} files, measured {:.4}\n  \
              placed {:.3} GiB over unicast; multicast {:.3} GiB ({} packets, plan payload {:.3} GiB, FEC+headers {:+.1}%)\n  \
              coded delivery {:.3} GiB vs {:.3} GiB unicasting each receiver its uncached part ({:.2}x less)\n  \
-             multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}\n  \
+             multicast pass {:.2} s ({:.3} Gbit/s of file data per receiver), session {:.2} s, GSO {}, {} multicast groups\n  \
              repair: {} rounds, {} packets, {:.3} MiB{}; worst loss measured {:.2}%\n",
             self.session,
             self.scheme,
@@ -173,6 +178,7 @@ impl SessionReport {
             self.multicast_gbps,
             self.seconds,
             self.gso,
+            self.multicast_groups,
             self.repair_rounds,
             self.repair_packets,
             self.repair_bytes as f64 / (1u64 << 20) as f64,
@@ -654,6 +660,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
             ann: Announcement {
                 group: cfg.group,
                 port: cfg.port,
+                subset_groups: cfg.subset_groups,
                 fec,
                 key: key.as_ref().map(PacketKey::to_hex),
                 signer: signer.clone(),
@@ -713,6 +720,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         plan_payload_bytes: plans.iter().map(|(_, p)| p.payload_bytes()).sum(),
         multicast_bytes: totals.udp_bytes,
         multicast_packets: totals.packets,
+        multicast_groups: totals.groups,
         repair_rounds: totals.repair_rounds,
         repair_bytes: totals.repair_bytes,
         repair_packets: totals.repair_packets,
@@ -798,6 +806,8 @@ struct Totals {
     /// The worst packet loss a receiver measured (`None`: none measured any).
     worst_loss: Option<f64>,
     gso: String,
+    /// Most groups a round used.
+    groups: usize,
 }
 
 impl Totals {
@@ -856,8 +866,16 @@ async fn deliver(
     tracing::info!(round = r, receivers = ready.len(), "receivers listening");
     totals.uncoded_bytes += uncoded_bytes(&round.plan, &slots);
 
+    let routing = Routing::new(&round.plan, round.ann.group, round.ann.subset_groups)?;
+    tracing::info!(
+        round = round.index,
+        groups = routing.groups(),
+        "multicast groups"
+    );
+    totals.groups = totals.groups.max(routing.groups());
     let passes = PassThread::spawn(
         round.plan.clone(),
+        routing,
         shared.files.clone(),
         round.ann.fec,
         round.session,
@@ -1399,6 +1417,7 @@ async fn announce(
             slot: a.slot,
             key: ann.key,
             manifest_signature: ann.signer.sign(&manifest),
+            subset_groups: ann.subset_groups,
         })
         .unwrap_or_default(),
         manifest: serde_json::to_value(&manifest).unwrap_or_default(),
@@ -1474,8 +1493,10 @@ struct PassThread {
 }
 
 impl PassThread {
+    #[allow(clippy::too_many_arguments)] // What the pass thread owns, moved in once.
     fn spawn(
         plan: Arc<Plan>,
+        routing: Routing,
         files: Arc<Vec<MappedFile>>,
         fec: FecParams,
         session: u32,
@@ -1488,6 +1509,9 @@ impl PassThread {
         std::thread::spawn(move || {
             let slices: Vec<&[u8]> = files.iter().map(|m| m.as_ref()).collect();
             let mut m = Multicaster::new(&plan, &slices, fec, session, tx, key);
+            if let Ok(m) = &mut m {
+                m.set_routing(&routing);
+            }
             for (cmd, reply) in rx {
                 let r = match (&mut m, cmd) {
                     (Err(e), _) => Err(TxError::Config(e.to_string())),
@@ -1516,6 +1540,7 @@ impl PassThread {
 struct Announcement {
     group: IpAddr,
     port: u16,
+    subset_groups: u16,
     fec: FecParams,
     key: Option<String>,
     signer: Arc<ServerKey>,

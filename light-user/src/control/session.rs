@@ -24,6 +24,9 @@ pub struct PlanAnnouncement {
     pub key: Option<String>,
     /// The server's ed25519 signature of the announced manifest, in hex.
     pub manifest_signature: String,
+    /// Group budget of the session's [`crate::coding::Routing`] (0: one group).
+    #[serde(default)]
+    pub subset_groups: u16,
 }
 
 /// Errors of running a session, server or receiver side, with what was being done.

@@ -139,7 +139,10 @@ impl Stats {
             return 0.0;
         }
         // Replays and duplicates are not new packets.
-        let got = self.in_session.saturating_sub(self.duplicate).min(self.span);
+        let got = self
+            .in_session
+            .saturating_sub(self.duplicate)
+            .min(self.span);
         1.0 - got as f64 / self.span as f64
     }
 }

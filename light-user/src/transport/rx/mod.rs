@@ -232,6 +232,15 @@ impl Receiver {
         }
     }
 
+    /// Listens to exactly these multicast groups besides the session's own (the session's
+    /// [`crate::coding::Routing`] for this receiver); they go out of use at the next call.
+    pub fn set_groups(&mut self, groups: &[IpAddr]) -> Result<(), RxError> {
+        match self {
+            Receiver::Xdp(x) => x.set_groups(groups),
+            Receiver::Socket(s) => s.set_groups(groups),
+        }
+    }
+
     /// Turns the message filter off.
     pub fn unfilter(&mut self) -> Result<(), RxError> {
         match self {

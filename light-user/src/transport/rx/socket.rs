@@ -31,10 +31,11 @@ pub fn ifindex(iface: &str) -> Result<u32, RxError> {
 }
 
 /// Opens a UDP socket bound to `port` (0 for any) and joined to `group` on interface `ifindex`.
+/// It takes the datagrams of the groups joined on it alone (not those other sockets of the
+/// host joined), so [`Memberships`] can add the session's further groups to it.
 ///
 /// Joining makes the host send IGMP/MLD reports, so switches with snooping deliver the group.
 pub fn joined_socket(group: IpAddr, port: u16, ifindex: u32) -> Result<Socket, RxError> {
-    let ctx = |op: &'static str| move |source: io::Error| RxError::Socket { op, source };
     let domain = if group.is_ipv4() {
         Domain::IPV4
     } else {
@@ -43,18 +44,81 @@ pub fn joined_socket(group: IpAddr, port: u16, ifindex: u32) -> Result<Socket, R
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(ctx("socket"))?;
     sock.set_reuse_address(true).map_err(ctx("SO_REUSEADDR"))?;
     sock.set_reuse_port(true).map_err(ctx("SO_REUSEPORT"))?;
-    // Binding to the group address keeps unrelated traffic to the same port out.
-    let bind = SocketAddr::new(if port == 0 { unspecified(group) } else { group }, port);
-    sock.bind(&bind.into()).map_err(ctx("bind"))?;
+    // Bound to the wildcard address, since the session's other groups arrive here too;
+    // without IP_MULTICAST_ALL, multicast to this port on groups other sockets joined
+    // stays out.
     match group {
-        IpAddr::V4(g) => sock
-            .join_multicast_v4_n(&g, &socket2::InterfaceIndexOrAddress::Index(ifindex))
-            .map_err(ctx("IP_ADD_MEMBERSHIP"))?,
-        IpAddr::V6(g) => sock
-            .join_multicast_v6(&g, ifindex)
-            .map_err(ctx("IPV6_JOIN_GROUP"))?,
+        IpAddr::V4(_) => sock.set_multicast_all_v4(false),
+        IpAddr::V6(_) => sock.set_multicast_all_v6(false),
     }
+    .map_err(ctx("IP_MULTICAST_ALL"))?;
+    let bind = SocketAddr::new(unspecified(group), port);
+    sock.bind(&bind.into()).map_err(ctx("bind"))?;
+    join(&sock, group, ifindex, true)?;
     Ok(sock)
+}
+
+fn ctx(op: &'static str) -> impl Fn(io::Error) -> RxError {
+    move |source| RxError::Socket { op, source }
+}
+
+/// Joins (`on`) or leaves `group` on interface `ifindex` with `sock`.
+fn join(sock: &Socket, group: IpAddr, ifindex: u32, on: bool) -> Result<(), RxError> {
+    let index = socket2::InterfaceIndexOrAddress::Index(ifindex);
+    match (group, on) {
+        (IpAddr::V4(g), true) => sock
+            .join_multicast_v4_n(&g, &index)
+            .map_err(ctx("IP_ADD_MEMBERSHIP")),
+        (IpAddr::V4(g), false) => sock
+            .leave_multicast_v4_n(&g, &index)
+            .map_err(ctx("IP_DROP_MEMBERSHIP")),
+        (IpAddr::V6(g), true) => sock
+            .join_multicast_v6(&g, ifindex)
+            .map_err(ctx("IPV6_JOIN_GROUP")),
+        (IpAddr::V6(g), false) => sock
+            .leave_multicast_v6(&g, ifindex)
+            .map_err(ctx("IPV6_LEAVE_GROUP")),
+    }
+}
+
+/// The groups a receive socket joined besides its session's group, kept equal to what the
+/// current session's routing asks of this receiver ([`crate::coding::Routing::joins`]).
+#[derive(Debug)]
+pub struct Memberships {
+    ifindex: u32,
+    joined: Vec<IpAddr>,
+}
+
+impl Memberships {
+    /// None joined yet, on interface `ifindex`.
+    pub fn new(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            joined: Vec::new(),
+        }
+    }
+
+    /// Leaves the groups not in `groups` and joins the new ones, with `sock`.
+    pub fn set(&mut self, sock: &Socket, groups: &[IpAddr]) -> Result<(), RxError> {
+        for &g in &self.joined {
+            if !groups.contains(&g) {
+                join(sock, g, self.ifindex, false)?;
+            }
+        }
+        self.joined.retain(|g| groups.contains(g));
+        for &g in groups {
+            if !self.joined.contains(&g) {
+                join(sock, g, self.ifindex, true)?;
+                self.joined.push(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups joined besides the session's.
+    pub fn joined(&self) -> &[IpAddr] {
+        &self.joined
+    }
 }
 
 fn unspecified(group: IpAddr) -> IpAddr {
@@ -67,6 +131,8 @@ fn unspecified(group: IpAddr) -> IpAddr {
 /// A multicast UDP socket read with `recvmmsg`.
 pub struct SocketRx {
     sock: Socket,
+    /// The session's further groups joined on `sock`.
+    extra: Memberships,
     bufs: Vec<Vec<u8>>,
     stats: RxStats,
     /// The kernel-side message filter, if this process may load one.
@@ -81,7 +147,8 @@ impl SocketRx {
         port: u16,
         max_datagram: usize,
     ) -> Result<Self, RxError> {
-        let sock = joined_socket(group, port, ifindex(iface)?)?;
+        let idx = ifindex(iface)?;
+        let sock = joined_socket(group, port, idx)?;
         // Root may exceed rmem_max with SO_RCVBUFFORCE; fall back to the capped request.
         if force_rcvbuf(&sock, RCVBUF).is_err() {
             let _ = sock.set_recv_buffer_size(RCVBUF);
@@ -91,6 +158,7 @@ impl SocketRx {
             .ok();
         Ok(Self {
             sock,
+            extra: Memberships::new(idx),
             bufs: vec![vec![0u8; max_datagram]; BATCH],
             stats: RxStats::default(),
             filter,
@@ -104,6 +172,11 @@ impl SocketRx {
             Some(f) => f.set(session, wanted),
             None => Ok(false),
         }
+    }
+
+    /// Listens to exactly these groups besides the session's.
+    pub fn set_groups(&mut self, groups: &[IpAddr]) -> Result<(), RxError> {
+        self.extra.set(&self.sock, groups)
     }
 
     /// Turns the message filter off.

@@ -22,7 +22,7 @@ use super::{
     filter::{self, MessageFilter, bitmap_words},
     frame::{Gather, Gathered, parse_udp},
     read_or_wait,
-    socket::{ifindex, joined_socket, poll_fds},
+    socket::{Memberships, ifindex, joined_socket, poll_fds},
 };
 
 /// The compiled XDP program, built by `light-user/build.rs` from `light-ebpf`.
@@ -443,7 +443,10 @@ pub struct XdpRx {
     /// The queues' rx ring descriptors, to poll on when they are all empty.
     ring_fds: Vec<libc::c_int>,
     program: XdpProgram,
-    _membership: StdSocket,
+    /// Holds the group memberships (IGMP/MLD reports); the data goes to AF_XDP.
+    membership: StdSocket,
+    /// The session's further groups joined on `membership`.
+    extra: Memberships,
     port: u16,
     stats: RxStats,
 }
@@ -507,7 +510,8 @@ impl XdpRx {
             ring_fds: queues.iter().map(|q| q.rx.as_raw_fd()).collect(),
             queues,
             program,
-            _membership: membership,
+            membership,
+            extra: Memberships::new(idx),
             port,
             stats: RxStats::default(),
         })
@@ -519,15 +523,20 @@ impl XdpRx {
         let Self {
             queues,
             program,
-            _membership,
+            membership,
             ..
         } = self;
         std::thread::scope(|s| {
             s.spawn(move || drop(program));
-            s.spawn(move || drop(_membership));
+            s.spawn(move || drop(membership));
             // The sockets stay on this thread (xdpilone's UMEM is not Send).
             drop(queues);
         });
+    }
+
+    /// Listens to exactly these groups besides the session's.
+    pub fn set_groups(&mut self, groups: &[IpAddr]) -> Result<(), RxError> {
+        self.extra.set(&self.membership, groups)
     }
 
     /// Human-readable description of the path in use.

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     ops::Range,
     sync::{
         Arc,
@@ -16,7 +17,7 @@ use light_common::{DataHeader, HEADER_LEN, PacketKind};
 
 use super::{Batch, SendHandle, SendStats, TxConfig, TxError, spawn_sender};
 use crate::{
-    coding::{Plan, encode_range, uncoded_bytes},
+    coding::{Plan, Routing, encode_range, uncoded_bytes},
     fec::{FecEncoder, FecError, FecParams, Packetizer},
     transport::mac::PacketKey,
 };
@@ -71,7 +72,13 @@ pub struct Multicaster<'a> {
     tx: TxConfig,
     enc: FecEncoder,
     message: Vec<u8>,
-    seq: u32,
+    /// Next sequence number per group (index 0: the session's group); each group counts
+    /// its own packets, so a receiver hearing only some groups can still tell its loss.
+    seqs: Vec<u32>,
+    /// Group index per message (empty: all on the session's group).
+    group_of: Vec<u16>,
+    /// Destination per group; `None` for the session's group (the sender's own).
+    dests: Vec<Option<SocketAddr>>,
     /// Parity indices already sent per (message, block), beyond the first pass.
     sent_parity: HashMap<(u32, u32), u16>,
     /// Signs every packet when the session authenticates packets.
@@ -91,12 +98,24 @@ struct Tally<'h> {
 }
 
 impl Tally<'_> {
-    fn drain(&mut self, pk: &mut Packetizer<'_>, message: u32, need: usize) -> Result<(), TxError> {
+    fn drain(
+        &mut self,
+        pk: &mut Packetizer<'_>,
+        message: u32,
+        need: usize,
+        dest: Option<SocketAddr>,
+    ) -> Result<(), TxError> {
         while pk.remaining() > 0 {
             let mut batch = match self.open.take() {
+                // A batch goes to one destination.
+                Some(b) if b.dest() != dest => {
+                    self.handle.submit(b)?;
+                    self.handle.batch()?
+                }
                 Some(b) => b,
                 None => self.handle.batch()?,
             };
+            batch.set_dest(dest);
             while pk.remaining() > 0 {
                 // The packetizer writes all `need` bytes (header, payload, zero padding).
                 let Some(v) = batch.next_packet_sized(need) else {
@@ -153,10 +172,33 @@ impl<'a> Multicaster<'a> {
             tx,
             enc,
             message: Vec::new(),
-            seq: 0,
+            seqs: vec![0],
+            group_of: Vec::new(),
+            dests: vec![None],
             sent_parity: HashMap::new(),
             key,
         })
+    }
+
+    /// Sends each message on its group of `routing` (made for this plan and the sender's
+    /// destination as the session's group) instead of all on the session's group.
+    pub fn set_routing(&mut self, routing: &Routing) {
+        let port = self.tx.socket.dest.port();
+        self.group_of = (0..self.plan.messages().len() as u32)
+            .map(|m| routing.group_of(m))
+            .collect();
+        let groups = routing.groups();
+        self.seqs.resize(groups, 0);
+        self.dests = (0..groups)
+            .map(|g| (g > 0).then(|| SocketAddr::new(routing.addr(g as u16), port)))
+            .collect();
+    }
+
+    /// The group index message `idx` is sent on.
+    fn group(&self, idx: u32) -> usize {
+        self.group_of
+            .get(idx as usize)
+            .map_or(0, |&g| usize::from(g))
     }
 
     /// Message `idx`'s bytes: the library's own when it is one uncoded segment (no copy:
@@ -238,22 +280,28 @@ impl<'a> Multicaster<'a> {
         })
     }
 
+    /// Sends every group its End markers; each names its group in the message field and
+    /// takes that group's next sequence numbers, so it bounds the group's loss span.
     fn end_markers(&mut self, tally: &mut Tally<'_>) -> Result<(), TxError> {
         let mut end = DataHeader::new(PacketKind::End, self.session);
         for _ in 0..END_MARKERS {
-            end.seq = self.seq;
-            self.seq = self.seq.wrapping_add(1);
-            let mut batch = tally.handle.batch()?;
-            let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
-            v.resize(HEADER_LEN, 0);
-            end.write_to(v)
-                .map_err(|_| TxError::Config("End marker buffer".into()))?;
-            if let Some(k) = tally.key {
-                k.sign(v);
+            for (g, (seq, &dest)) in self.seqs.iter_mut().zip(&self.dests).enumerate() {
+                end.message = g as u32;
+                end.seq = *seq;
+                *seq = seq.wrapping_add(1);
+                let mut batch = tally.handle.batch()?;
+                batch.set_dest(dest);
+                let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
+                v.resize(HEADER_LEN, 0);
+                end.write_to(v)
+                    .map_err(|_| TxError::Config("End marker buffer".into()))?;
+                if let Some(k) = tally.key {
+                    k.sign(v);
+                }
+                tally.packets += 1;
+                tally.bytes += HEADER_LEN as u64;
+                tally.handle.submit(batch)?;
             }
-            tally.packets += 1;
-            tally.bytes += HEADER_LEN as u64;
-            tally.handle.submit(batch)?;
             // Spread the markers so one burst of loss does not take them all.
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -273,7 +321,8 @@ impl<'a> Multicaster<'a> {
     ) -> Result<(), TxError> {
         let need = HEADER_LEN + self.enc.params().symbol_size;
         let message = bytes.of(&self.message);
-        let (session, seq) = (self.session, self.seq);
+        let g = self.group(idx);
+        let (session, seq) = (self.session, self.seqs[g]);
         let mut pk = match parity {
             Some((first, count)) => Packetizer::repair(
                 &mut self.enc,
@@ -291,8 +340,8 @@ impl<'a> Multicaster<'a> {
             message: idx,
             source,
         })?;
-        tally.drain(&mut pk, idx, need)?;
-        self.seq = pk.next_seq();
+        tally.drain(&mut pk, idx, need, self.dests[g])?;
+        self.seqs[g] = pk.next_seq();
         Ok(())
     }
 
@@ -312,9 +361,10 @@ impl<'a> Multicaster<'a> {
                 if layout.blocks == 0 {
                     return Err(err(FecError::EmptyMessage(idx)));
                 }
+                let g = me.group(idx);
                 for block in 0..layout.blocks {
                     me.encode_block(idx, bytes, layout.block_range(block))?;
-                    let (session, seq) = (me.session, me.seq);
+                    let (session, seq) = (me.session, me.seqs[g]);
                     let message = bytes.of(&me.message);
                     let mut pk = Packetizer::block_first_pass(
                         &mut me.enc,
@@ -325,8 +375,8 @@ impl<'a> Multicaster<'a> {
                         seq,
                     )
                     .map_err(err)?;
-                    tally.drain(&mut pk, idx, need)?;
-                    me.seq = pk.next_seq();
+                    tally.drain(&mut pk, idx, need, me.dests[g])?;
+                    me.seqs[g] = pk.next_seq();
                 }
             }
             Ok(())

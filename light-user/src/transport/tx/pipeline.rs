@@ -95,6 +95,8 @@ impl SendStats {
 pub struct Batch {
     bufs: Vec<Vec<u8>>,
     len: usize,
+    /// Where its datagrams go; `None`: the sender's configured destination.
+    dest: Option<std::net::SocketAddr>,
 }
 
 impl Batch {
@@ -103,7 +105,18 @@ impl Batch {
         Self {
             bufs: (0..packets).map(|_| Vec::with_capacity(capacity)).collect(),
             len: 0,
+            dest: None,
         }
+    }
+
+    /// Sends this batch to `dest` instead of the configured destination (`None`: that one).
+    pub fn set_dest(&mut self, dest: Option<std::net::SocketAddr>) {
+        self.dest = dest;
+    }
+
+    /// Where this batch goes: `None` is the configured destination.
+    pub fn dest(&self) -> Option<std::net::SocketAddr> {
+        self.dest
     }
 
     /// Datagrams in the batch.
@@ -164,9 +177,10 @@ impl Batch {
         self.packets().iter().map(|p| p.len() as u64).sum()
     }
 
-    /// Forgets the datagrams, keeping the buffers.
+    /// Forgets the datagrams and the destination, keeping the buffers.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.dest = None;
     }
 }
 
@@ -272,7 +286,7 @@ fn run(
             std::thread::sleep(wait);
             paced_wait += wait;
         }
-        sender.send(batch.packets())?;
+        sender.send_to(batch.packets(), batch.dest())?;
         last = Instant::now();
         batches += 1;
         batch.clear();

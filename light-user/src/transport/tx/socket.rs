@@ -189,8 +189,9 @@ impl Scratch {
         }
     }
 
-    /// Fills `msgs` for `packets` according to `groups`.
-    fn build<B: AsRef<[u8]>>(&mut self, packets: &[B]) {
+    /// Fills `msgs` for `packets` according to `groups`, addressed to `to` (`None`: the
+    /// connected destination).
+    fn build<B: AsRef<[u8]>>(&mut self, packets: &[B], to: Option<&socket2::SockAddr>) {
         self.iovs.clear();
         self.iovs.extend(packets.iter().map(|p| {
             let p = p.as_ref();
@@ -211,6 +212,11 @@ impl Scratch {
             // SAFETY: `g.first < iovs.len()` by construction of the groups.
             hdr.msg_iov = unsafe { iovs.add(g.first) };
             hdr.msg_iovlen = g.count as _;
+            if let Some(to) = to {
+                // The kernel only reads the address (sendmmsg).
+                hdr.msg_name = to.as_ptr().cast_mut().cast();
+                hdr.msg_namelen = to.len();
+            }
             if g.seg > 0 {
                 hdr.msg_control = cmsg.0.as_mut_ptr().cast();
                 hdr.msg_controllen = CMSG_BUF as _;
@@ -407,13 +413,24 @@ impl Sender {
     /// Sends every datagram of `packets`, in order, retrying through full buffers and
     /// falling back from GSO if the kernel refuses it.
     pub fn send<B: AsRef<[u8]>>(&mut self, packets: &[B]) -> Result<(), TxError> {
+        self.send_to(packets, None)
+    }
+
+    /// [`Sender::send`] to `to` instead of the connected destination (`None`: that one),
+    /// e.g. another group of the session.
+    pub fn send_to<B: AsRef<[u8]>>(
+        &mut self,
+        packets: &[B],
+        to: Option<SocketAddr>,
+    ) -> Result<(), TxError> {
+        let to = to.map(socket2::SockAddr::from);
         let mut done = 0;
         let mut retries = 0u32;
         let mut backoff = ENOBUFS_BACKOFF.0;
         while done < packets.len() {
             let rest = &packets[done..];
             plan_groups(rest, self.gso.usable(), &mut self.scratch.groups);
-            self.scratch.build(rest);
+            self.scratch.build(rest, to.as_ref());
             let mut msg = 0;
             while msg < self.scratch.msgs.len() {
                 let pending = &mut self.scratch.msgs[msg..];
