@@ -174,14 +174,15 @@ pub enum Receiver {
     /// Kernel bypass.
     Xdp(Box<XdpRx>),
     /// Socket fallback.
-    Socket(SocketRx),
+    Socket(Box<SocketRx>),
 }
 
 impl Receiver {
     /// Opens the configured path. Returns the receiver and, if it fell back to the socket
     /// path, the reason XDP was not used.
     pub fn open(cfg: &RxConfig) -> Result<(Self, Option<RxError>), RxError> {
-        let socket = || SocketRx::open(&cfg.iface, cfg.group, cfg.port, cfg.max_datagram);
+        let socket =
+            || SocketRx::open(&cfg.iface, cfg.group, cfg.port, cfg.max_datagram).map(Box::new);
         if let RxPath::Xdp { insist: false, .. } = cfg.path
             && let Some(why) = copied_jumbo_frames(&cfg.iface)
         {
