@@ -25,6 +25,9 @@ pub enum PacketKind {
     End = 3,
     /// A test/benchmark packet with an arbitrary payload.
     Probe = 4,
+    /// Sent on the session's group while a pass's messages go to other groups: the pass
+    /// still runs, so a receiver whose groups are quiet does not take it for the end.
+    Pulse = 5,
 }
 
 impl PacketKind {
@@ -35,6 +38,7 @@ impl PacketKind {
             2 => Some(Self::Parity),
             3 => Some(Self::End),
             4 => Some(Self::Probe),
+            5 => Some(Self::Pulse),
             _ => None,
         }
     }

@@ -318,8 +318,9 @@ fn listen_reports_oversize_frames() {
     require_root().unwrap();
     let bed = Testbed::new(1, 1500).unwrap();
     let child = spawn_listen(&bed, &["--xdp-mode", "skb", "--json", "--seconds", "60"]);
-    // Let the IGMP join settle on the bridge.
-    thread::sleep(Duration::from_millis(200));
+    // The bridge snoops IGMP: send once it forwards the group to the listener.
+    bed.wait_for_member(0, IpAddr::V4(GROUP), Duration::from_secs(20))
+        .unwrap();
     send_gso_batches(&bed, 3, 4);
     thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child by pid; it prints its summary and exits.
@@ -353,6 +354,8 @@ fn spawn_listen(bed: &Testbed, extra: &[&str]) -> std::process::Child {
             &h.iface,
             "--port",
             &PORT.to_string(),
+            "--group",
+            &GROUP.to_string(),
             "--require-xdp",
         ])
         .args(extra)

@@ -374,20 +374,39 @@ fn wrong_token_is_refused() {
     assert!(run.server_ok, "{}", run.report);
 }
 
+/// The session's group and the further groups a K=4, t=1 session routes its six
+/// messages on (one per pair of receivers).
+fn session_groups() -> Vec<std::net::Ipv4Addr> {
+    (1..=7)
+        .map(|i| std::net::Ipv4Addr::new(239, 77, 0, i))
+        .collect()
+}
+
 /// A socket on `host` (a test host that takes no part in the session) that hears the
-/// session's multicast group and sends into it.
-fn injector_socket(host: &xtask::netns::Host) -> (std::net::UdpSocket, std::net::Ipv4Addr) {
+/// session's multicast groups and sends into them.
+fn injector_socket(host: &xtask::netns::Host) -> (std::net::UdpSocket, Vec<std::net::Ipv4Addr>) {
     xtask::netns::enter(&host.ns).unwrap();
-    let group = std::net::Ipv4Addr::new(239, 77, 0, 1);
-    let sock = std::net::UdpSocket::bind((group, 7700)).unwrap();
-    sock.join_multicast_v4(&group, &host.addr).unwrap();
+    let groups = session_groups();
+    let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 7700)).unwrap();
+    for g in &groups {
+        sock.join_multicast_v4(g, &host.addr).unwrap();
+    }
     sock.set_multicast_loop_v4(false).unwrap();
     socket2::SockRef::from(&sock)
         .set_multicast_if_v4(&host.addr)
         .unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    (sock, group)
+    (sock, groups)
+}
+
+/// Sends `p` to every group of `groups` (the packet it copies came on one of them); returns
+/// how many sends went out.
+fn send_all(sock: &std::net::UdpSocket, groups: &[std::net::Ipv4Addr], p: &[u8]) -> u64 {
+    groups
+        .iter()
+        .filter(|&&g| sock.send_to(p, (g, 7700)).is_ok())
+        .count() as u64
 }
 
 /// A host on the LAN keeps multicasting shards of the session for a message nobody wants
@@ -410,7 +429,7 @@ fn unauthenticated_traffic_does_not_hold_back_repair() {
     let injector = {
         let (host, stop, sent) = (bed.receivers[4].clone(), stop.clone(), sent.clone());
         std::thread::spawn(move || {
-            let (sock, group) = injector_socket(&host);
+            let (sock, groups) = injector_socket(&host);
             sock.set_read_timeout(Some(Duration::from_millis(5)))
                 .unwrap();
             let (mut buf, mut forged, mut end) = ([0u8; 2048], Vec::new(), Vec::new());
@@ -435,8 +454,8 @@ fn unauthenticated_traffic_does_not_hold_back_repair() {
                 if sent_at.elapsed() >= Duration::from_millis(5) {
                     sent_at = Instant::now();
                     for p in [&forged, &end] {
-                        if !p.is_empty() && sock.send_to(p, (group, 7700)).is_ok() {
-                            sent.fetch_add(1, Ordering::Relaxed);
+                        if !p.is_empty() {
+                            sent.fetch_add(send_all(&sock, &groups, p), Ordering::Relaxed);
                         }
                     }
                 }
@@ -482,16 +501,14 @@ fn forged_and_replayed_packets_are_dropped() {
             replayed.clone(),
         );
         std::thread::spawn(move || {
-            let (sock, group) = injector_socket(&host);
+            let (sock, groups) = injector_socket(&host);
             let mut buf = [0u8; 2048];
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let Ok(n) = sock.recv(&mut buf) else { continue };
                 // A replay of the genuine packet: its MAC holds, the receivers must see it
                 // as a duplicate (or late) shard and drop it.
-                if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
-                    replayed.fetch_add(1, Ordering::Relaxed);
-                }
+                replayed.fetch_add(send_all(&sock, &groups, &buf[..n]), Ordering::Relaxed);
                 // The next block's shard: same session, corrupted payload, stale MAC.
                 if let Ok((mut h, _)) = light_common::DataHeader::parse(&buf[..n]) {
                     h.block += 1;
@@ -501,16 +518,12 @@ fn forged_and_replayed_packets_are_dropped() {
                     *b ^= 0x5a;
                 }
                 for _ in 0..3 {
-                    if sock.send_to(&buf[..n], (group, 7700)).is_ok() {
-                        forged.fetch_add(1, Ordering::Relaxed);
-                    }
+                    forged.fetch_add(send_all(&sock, &groups, &buf[..n]), Ordering::Relaxed);
                 }
                 // Random bytes of a random length.
                 let len = 1 + rand::random::<u16>() as usize % 1400;
                 let junk: Vec<u8> = (0..len).map(|_| rand::random()).collect();
-                if sock.send_to(&junk, (group, 7700)).is_ok() {
-                    forged.fetch_add(1, Ordering::Relaxed);
-                }
+                forged.fetch_add(send_all(&sock, &groups, &junk), Ordering::Relaxed);
             }
         })
     };
@@ -823,11 +836,12 @@ fn status_and_metrics_during_a_session() {
     };
     let mut progressed = BTreeSet::new();
     let mut table = String::new();
+    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while progressed.len() < 4 {
         assert!(
             Instant::now() < deadline,
-            "status never showed progress for every receiver (saw {progressed:?})"
+            "status never showed progress for every receiver (saw {progressed:?}): {seen:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
         let out = status(true, true);
@@ -849,6 +863,7 @@ fn status_and_metrics_during_a_session() {
         assert_eq!(receivers.len(), 4, "{st}");
         for r in receivers {
             let (bytes, size) = (r["bytes"].as_u64().unwrap(), r["size"].as_u64().unwrap());
+            seen.push(format!("{}:{}:{}", r["receiver"], r["state"], bytes));
             assert_eq!(size, F);
             // Beyond the quarter its cache holds: decoded from the multicast.
             if r["state"] == "receiving" && bytes > F / 4 && bytes <= size {

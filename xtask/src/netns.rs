@@ -68,6 +68,10 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
     ip(&full)
 }
 
+/// How long after its querier starts the test bridge snoops (its query response interval,
+/// 0.5 s, and a margin).
+const QUERIER_TRUSTED: std::time::Duration = std::time::Duration::from_millis(600);
+
 impl Testbed {
     /// Builds a bridge with a server and `receivers` receivers, all links up with `mtu`.
     pub fn new(receivers: usize, mtu: u32) -> Result<Self> {
@@ -121,12 +125,19 @@ impl Testbed {
                 "1",
                 "mcast_query_response_interval",
                 "50",
+                "mcast_igmp_version",
+                "3",
+                "mcast_mld_version",
+                "2",
             ],
         )?;
         // IGMP snooping, as a LAN switch does it: a group goes only to the ports that
         // joined it. The bridge snoops only once it knows of a querier (else it floods),
         // so it is its own, trusted after the response interval (0.5 s, not 10 s); the
-        // interval must be set before the querier is turned on to apply.
+        // interval must be set before the querier is turned on to apply. IGMPv3 queries
+        // keep the hosts on IGMPv3: under an IGMPv2 querier a host delays its first
+        // report of a group by up to 200 ms, and reports of several groups went missing.
+        let querier_on = std::time::Instant::now();
         in_ns(
             br,
             &[
@@ -210,6 +221,8 @@ impl Testbed {
             )
             .ok();
         }
+        // Until the querier is trusted the bridge floods: wait that out.
+        std::thread::sleep(QUERIER_TRUSTED.saturating_sub(querier_on.elapsed()));
         Ok(())
     }
 
@@ -235,6 +248,39 @@ impl Testbed {
             &["ethtool", "-K", &s.iface, "tx-udp-segmentation", "off"],
         )
         .context("segment UDP GSO on the server link")
+    }
+
+    /// Waits up to `timeout` until the bridge forwards `group` to `receiver` (it has seen
+    /// the receiver's IGMP/MLD join).
+    pub fn wait_for_member(
+        &self,
+        receiver: usize,
+        group: std::net::IpAddr,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let port = &self.receivers[receiver].bridge_port;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = Command::new("bridge")
+                .args(["-n", &self.bridge_ns, "mdb", "show", "dev", "br0"])
+                .output()
+                .context("bridge mdb show")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().any(|l| {
+                l.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| w == ["port", port.as_str()])
+                    && l.split_whitespace().any(|w| w == group.to_string())
+            }) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the bridge never saw {port} join {group}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Drops `per_mille`/1000 of the UDP packets to `port` on their way to `receiver`,

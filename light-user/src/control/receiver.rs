@@ -869,7 +869,16 @@ impl DataJob {
         while !assembler.is_complete() && !self.stop.load(Ordering::Relaxed) {
             let before = assembler.stats().in_session;
             let mut trusted = false;
+            let mut pulsed = false;
             rx.recv_batch(Duration::from_millis(100), &mut |p| {
+                // A Pulse only says the pass goes on (its messages on other groups than
+                // this receiver's): it keeps the quiet from passing for the end of it.
+                if DataHeader::parse(p).is_ok_and(|(h, _)| {
+                    h.packet_kind() == Some(PacketKind::Pulse) && h.session == session
+                }) {
+                    pulsed |= key.as_ref().is_none_or(|k| k.verify(p));
+                    return;
+                }
                 let end = DataHeader::parse(p).ok().filter(|(h, _)| {
                     h.packet_kind() == Some(PacketKind::End) && h.session == session
                 });
@@ -963,6 +972,9 @@ impl DataJob {
             let now = Instant::now();
             if trusted {
                 last_trusted = now;
+            }
+            if pulsed {
+                last_packet = now;
             }
             // Only this round's packets count: a path kept open since an earlier content
             // (or opened early) may still hold packets of other rounds.

@@ -25,6 +25,10 @@ use crate::{
 /// End markers sent at the close of a pass; several, since any one can be lost.
 pub const END_MARKERS: usize = 5;
 
+/// How often a pass whose messages go to several groups sends a Pulse on the session's
+/// group: well inside the 2 s of quiet after which a receiver asks for what it lacks.
+pub const PULSE_EVERY: Duration = Duration::from_millis(250);
+
 /// What a pass put on the wire.
 #[derive(Clone, Copy, Debug)]
 pub struct PassStats {
@@ -95,6 +99,9 @@ struct Tally<'h> {
     payload: u64,
     packets: u64,
     bytes: u64,
+    /// The session and when it last pulsed, if the pass pulses (its messages go to more
+    /// than the session's group).
+    pulse: Option<(u32, std::time::Instant)>,
 }
 
 impl Tally<'_> {
@@ -135,11 +142,35 @@ impl Tally<'_> {
             if batch.is_full() {
                 self.progress.store(self.bytes, Ordering::Relaxed);
                 self.handle.submit(batch)?;
+                self.pulse()?;
             } else {
                 self.open = Some(batch);
             }
         }
         Ok(())
+    }
+
+    /// Sends a Pulse on the session's group if [`PULSE_EVERY`] has passed since the last.
+    fn pulse(&mut self) -> Result<(), TxError> {
+        let Some((session, last)) = &mut self.pulse else {
+            return Ok(());
+        };
+        if last.elapsed() < PULSE_EVERY {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        let mut batch = self.handle.batch()?;
+        let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
+        v.resize(HEADER_LEN, 0);
+        DataHeader::new(PacketKind::Pulse, *session)
+            .write_to(v)
+            .map_err(|_| TxError::Config("Pulse buffer".into()))?;
+        if let Some(k) = self.key {
+            k.sign(v);
+        }
+        self.packets += 1;
+        self.bytes += HEADER_LEN as u64;
+        self.handle.submit(batch)
     }
 
     /// Hands the batch being filled to the sender.
@@ -264,6 +295,7 @@ impl<'a> Multicaster<'a> {
             payload: 0,
             packets: 0,
             bytes: 0,
+            pulse: (self.dests.len() > 1).then(|| (self.session, std::time::Instant::now())),
         };
         let produced = body(self, &mut tally)
             .and_then(|()| tally.flush())
