@@ -108,8 +108,9 @@ fn distinct_demands(t: u64, cache: &str, no_xdp: bool) {
     assert_eq!(rep["multicast_groups"].as_u64().unwrap(), groups);
     assert_eq!(
         rep["multicast_bytes"].as_u64().unwrap(),
-        declared_wire_bytes(&rep["fec"], messages, sub, groups),
-        "multicast bytes = plan payload + declared FEC and header overhead"
+        declared_wire_bytes(&rep["fec"], messages, sub, groups)
+            + rep["multicast_pulses"].as_u64().unwrap() * light_common::HEADER_LEN as u64,
+        "multicast bytes = plan payload + declared FEC and header overhead + pulses"
     );
     assert_eq!(rep["placed_bytes"].as_u64().unwrap(), k * 4 * F * t / k);
     for r in &run.receivers {
@@ -946,6 +947,7 @@ fn caches_filled_ahead_survive_a_server_restart_and_corruption_is_refilled() {
     assert_eq!(
         rep["multicast_bytes"].as_u64().unwrap(),
         declared_wire_bytes(&rep["fec"], 6, F / 4, 7)
+            + rep["multicast_pulses"].as_u64().unwrap() * light_common::HEADER_LEN as u64
     );
 
     // Flip one byte of receiver 3's cache.

@@ -111,6 +111,8 @@ pub struct SessionReport {
     pub multicast_packets: u64,
     /// Most multicast groups one round used, the session's own included.
     pub multicast_groups: usize,
+    /// Pulse packets of the first passes (in `multicast_bytes`, a header each).
+    pub multicast_pulses: u64,
     /// Repair rounds run after the first pass.
     pub repair_rounds: u32,
     /// UDP payload bytes of repair parity (and its End markers).
@@ -721,6 +723,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<SessionReport, SessionError> {
         multicast_bytes: totals.udp_bytes,
         multicast_packets: totals.packets,
         multicast_groups: totals.groups,
+        multicast_pulses: totals.pulses,
         repair_rounds: totals.repair_rounds,
         repair_bytes: totals.repair_bytes,
         repair_packets: totals.repair_packets,
@@ -808,6 +811,8 @@ struct Totals {
     gso: String,
     /// Most groups a round used.
     groups: usize,
+    /// Pulses of the first passes.
+    pulses: u64,
 }
 
 impl Totals {
@@ -901,6 +906,7 @@ async fn deliver(
     totals.payload_bytes += pass.payload_bytes;
     totals.udp_bytes += pass.udp_bytes;
     totals.packets += pass.packets;
+    totals.pulses += pass.pulses;
     totals.pass_secs += pass_secs;
     totals.gso = format!("{:?}", pass.send.gso);
 

@@ -38,6 +38,8 @@ pub struct PassStats {
     pub packets: u64,
     /// UDP payload bytes sent: Light headers, FEC parity and padding included.
     pub udp_bytes: u64,
+    /// Pulse packets among them (a header each).
+    pub pulses: u64,
     /// The sender thread's counters.
     pub send: SendStats,
 }
@@ -102,6 +104,7 @@ struct Tally<'h> {
     /// The session and when it last pulsed, if the pass pulses (its messages go to more
     /// than the session's group).
     pulse: Option<(u32, std::time::Instant)>,
+    pulses: u64,
 }
 
 impl Tally<'_> {
@@ -169,6 +172,7 @@ impl Tally<'_> {
             k.sign(v);
         }
         self.packets += 1;
+        self.pulses += 1;
         self.bytes += HEADER_LEN as u64;
         self.handle.submit(batch)
     }
@@ -296,11 +300,13 @@ impl<'a> Multicaster<'a> {
             packets: 0,
             bytes: 0,
             pulse: (self.dests.len() > 1).then(|| (self.session, std::time::Instant::now())),
+            pulses: 0,
         };
         let produced = body(self, &mut tally)
             .and_then(|()| tally.flush())
             .and_then(|()| self.end_markers(&mut tally));
-        let (payload_bytes, packets, udp_bytes) = (tally.payload, tally.packets, tally.bytes);
+        let (payload_bytes, packets, udp_bytes, pulses) =
+            (tally.payload, tally.packets, tally.bytes, tally.pulses);
         drop(handle);
         let send = thread.join().map_err(|_| TxError::Stopped)??;
         produced?;
@@ -308,6 +314,7 @@ impl<'a> Multicaster<'a> {
             payload_bytes,
             packets,
             udp_bytes,
+            pulses,
             send,
         })
     }
