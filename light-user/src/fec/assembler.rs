@@ -404,9 +404,9 @@ impl Assembler {
                 }
                 let high = &mut self.seq_high[g];
                 let old = high.map_or(0, |s| u64::from(s) + 1);
-                let new = u64::from(high.map_or(h.seq, |s| s.max(h.seq))) + 1;
-                *high = Some(new as u32 - 1);
-                st.span += new - old;
+                let new = high.map_or(h.seq, |s| s.max(h.seq));
+                *high = Some(new);
+                st.span += u64::from(new) + 1 - old;
             }
         }
         let is_source = match checked {

@@ -450,6 +450,16 @@ mod tests {
     }
 
     #[test]
+    fn the_last_sequence_number_spans_every_packet_before_it() {
+        let params = FecParams::new(64, 16, 4, 16).unwrap();
+        let mut asm = Assembler::new(params, 9, [(3u32, 64)]).unwrap();
+        asm.on_packet(&end_marker(7));
+        asm.on_packet(&end_marker(u32::MAX));
+        asm.on_packet(&end_marker(3));
+        assert_eq!(asm.stats().span, 1 << 32);
+    }
+
+    #[test]
     fn only_authenticated_packets_bound_the_loss_span() {
         let params = FecParams::new(64, 16, 4, 16).unwrap();
         let data: Vec<u8> = (0..40 * 64).map(|i| (i * 7 % 251) as u8).collect();
