@@ -871,17 +871,17 @@ impl DataJob {
             let mut trusted = false;
             let mut pulsed = false;
             rx.recv_batch(Duration::from_millis(100), &mut |p| {
+                let header = DataHeader::parse(p)
+                    .ok()
+                    .filter(|(h, _)| h.session == session);
+                let kind = header.as_ref().and_then(|(h, _)| h.packet_kind());
                 // A Pulse only says the pass goes on (its messages on other groups than
                 // this receiver's): it keeps the quiet from passing for the end of it.
-                if DataHeader::parse(p).is_ok_and(|(h, _)| {
-                    h.packet_kind() == Some(PacketKind::Pulse) && h.session == session
-                }) {
+                if kind == Some(PacketKind::Pulse) {
                     pulsed |= key.as_ref().is_none_or(|k| k.verify(p));
                     return;
                 }
-                let end = DataHeader::parse(p).ok().filter(|(h, _)| {
-                    h.packet_kind() == Some(PacketKind::End) && h.session == session
-                });
+                let end = header.filter(|_| kind == Some(PacketKind::End));
                 // Every group's End markers bound its loss span (the assembler's); those of
                 // the session's group (message field 0) alone, one sequence, mark the passes.
                 let pass_end = end.filter(|(h, _)| h.message == 0);
