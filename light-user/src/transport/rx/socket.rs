@@ -114,11 +114,6 @@ impl Memberships {
         }
         Ok(())
     }
-
-    /// The groups joined besides the session's.
-    pub fn joined(&self) -> &[IpAddr] {
-        &self.joined
-    }
 }
 
 fn unspecified(group: IpAddr) -> IpAddr {

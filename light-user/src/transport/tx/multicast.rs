@@ -162,17 +162,29 @@ impl Tally<'_> {
             return Ok(());
         }
         *last = std::time::Instant::now();
+        let pulse = DataHeader::new(PacketKind::Pulse, *session);
+        self.pulses += 1;
+        self.header_only(&pulse, None)
+    }
+
+    /// Sends a packet that is `header` alone (signed if packets are) to `dest` (`None`: the
+    /// session's group) in a batch of its own.
+    fn header_only(
+        &mut self,
+        header: &DataHeader,
+        dest: Option<SocketAddr>,
+    ) -> Result<(), TxError> {
         let mut batch = self.handle.batch()?;
+        batch.set_dest(dest);
         let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
         v.resize(HEADER_LEN, 0);
-        DataHeader::new(PacketKind::Pulse, *session)
+        header
             .write_to(v)
-            .map_err(|_| TxError::Config("Pulse buffer".into()))?;
+            .map_err(|_| TxError::Config("header-only packet buffer".into()))?;
         if let Some(k) = self.key {
             k.sign(v);
         }
         self.packets += 1;
-        self.pulses += 1;
         self.bytes += HEADER_LEN as u64;
         self.handle.submit(batch)
     }
@@ -328,18 +340,7 @@ impl<'a> Multicaster<'a> {
                 end.message = g as u32;
                 end.seq = *seq;
                 *seq = seq.wrapping_add(1);
-                let mut batch = tally.handle.batch()?;
-                batch.set_dest(dest);
-                let v = batch.next_packet().ok_or(TxError::BatchFull(0))?;
-                v.resize(HEADER_LEN, 0);
-                end.write_to(v)
-                    .map_err(|_| TxError::Config("End marker buffer".into()))?;
-                if let Some(k) = tally.key {
-                    k.sign(v);
-                }
-                tally.packets += 1;
-                tally.bytes += HEADER_LEN as u64;
-                tally.handle.submit(batch)?;
+                tally.header_only(&end, dest)?;
             }
             // Spread the markers so one burst of loss does not take them all.
             std::thread::sleep(Duration::from_millis(2));
