@@ -235,20 +235,20 @@ async fn wrong_version_malformed_unknown_and_out_of_order_are_refused() {
     );
 
     let mut wire = Vec::new();
-    encode_raw_json(br#"{"v":2,"type":"hello","receiver":1,"#, &mut wire);
+    encode_raw_json(br#"{"v":3,"type":"hello","receiver":1,"#, &mut wire);
     assert!(matches!(
         refusal_of(wire).await,
         ControlError::MalformedJson(_)
     ));
 
     let mut wire = Vec::new();
-    encode_raw_json(br#"{"v":2,"type":"gimme"}"#, &mut wire);
+    encode_raw_json(br#"{"v":3,"type":"gimme"}"#, &mut wire);
     let err = refusal_of(wire).await;
     assert_eq!(err.to_string(), "unknown message type \"gimme\"");
 
     let mut wire = Vec::new();
     encode_raw_json(
-        br#"{"v":2,"type":"hello","receiver":"one","content":"x"}"#,
+        br#"{"v":3,"type":"hello","receiver":"one","content":"x"}"#,
         &mut wire,
     );
     assert!(matches!(

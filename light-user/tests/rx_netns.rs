@@ -753,3 +753,85 @@ fn message_filter_on(path: RxPath) {
     );
     assert_eq!(*none_dropped, 0);
 }
+
+/// A receiver joins more groups than one socket may (Linux: 20 IPv4 memberships): both
+/// paths spread them over sockets and take every group's packets, and the socket path stops
+/// taking a group the moment it leaves it.
+#[test]
+fn more_groups_than_one_socket_holds() {
+    require_root().unwrap();
+    many_groups_on(RxPath::Socket, &[40, 4]);
+    // Only joining: after a leave the bridge keeps forwarding the group for a while, and
+    // XDP takes whatever reaches the port.
+    many_groups_on(
+        RxPath::Xdp {
+            mode: AttachMode::Auto,
+            insist: true,
+        },
+        &[40],
+    );
+}
+
+/// Packets sent to each of the extra groups per round.
+const PER_GROUP: u32 = 10;
+
+/// Joins the first `keep` of 40 extra groups per round on `path`; checks that exactly those
+/// groups' packets arrive when all 40 are sent to.
+fn many_groups_on(path: RxPath, rounds: &[usize]) {
+    let bed = Testbed::new(1, 1500).unwrap();
+    let groups: Vec<IpAddr> = (2..42)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(239, 77, 1, i)))
+        .collect();
+    let host = bed.receivers[0].clone();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (joining, keeps) = (groups.clone(), rounds.to_vec());
+    let handle = thread::spawn(move || {
+        enter(&host.ns).unwrap();
+        let (mut rx, _) = open_rx(&host.iface, IpAddr::V4(GROUP), path);
+        let mut got_per_round = Vec::new();
+        for keep in keeps {
+            rx.set_groups(&joining[..keep]).unwrap();
+            ready_tx.send(()).unwrap();
+            let want = keep * PER_GROUP as usize;
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while got.len() < want && Instant::now() < deadline {
+                rx.recv_batch(Duration::from_millis(50), &mut |p| got.push(p.to_vec()))
+                    .unwrap();
+            }
+            // Anything extra would still be arriving: give it a moment to show.
+            rx.recv_batch(Duration::from_millis(300), &mut |p| got.push(p.to_vec()))
+                .unwrap();
+            got_per_round.push(got);
+            go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        }
+        got_per_round
+    });
+    for &keep in rounds {
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("receiver ready");
+        for &g in &groups[..keep] {
+            bed.wait_for_member(0, g, Duration::from_secs(20)).unwrap();
+        }
+        for (i, &g) in groups.iter().enumerate() {
+            let first = i as u32 * PER_GROUP;
+            send_packets(&bed, g, (first..first + PER_GROUP).map(packet).collect());
+        }
+        go_tx.send(()).unwrap();
+    }
+    let got = handle.join().unwrap();
+    for (got, &keep) in got.iter().zip(rounds) {
+        let mut seqs: Vec<u32> = got
+            .iter()
+            .map(|p| DataHeader::parse(p).expect("valid Light packet").0.seq)
+            .collect();
+        seqs.sort_unstable();
+        let want: Vec<u32> = (0..keep as u32 * PER_GROUP).collect();
+        assert_eq!(
+            seqs, want,
+            "{path:?}: the packets of the {keep} groups joined, once"
+        );
+    }
+}

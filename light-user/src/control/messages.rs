@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ControlError;
 
-/// Version carried as `"v"` in every control message.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version carried as `"v"` in every control message. 3: receivers join up to
+/// [`crate::coding::MAX_JOINS`] groups, so both ends must route alike.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most contents one receiver may ask for in a session (bounds the rounds it adds).
 pub const MAX_CONTENTS: usize = 256;
@@ -794,7 +795,7 @@ mod tests {
     #[test]
     fn progress_without_drop_counts_still_decodes() {
         // Through the wire decoder, as an older receiver would send it.
-        let mut wire = br#"{"v":2,"type":"progress","bytes":7}"#.to_vec();
+        let mut wire = br#"{"v":3,"type":"progress","bytes":7}"#.to_vec();
         let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
         assert_eq!(
             old,
@@ -834,7 +835,7 @@ mod tests {
     #[test]
     fn nack_with_and_without_a_writer_pace() {
         // An older receiver's nack, through the wire decoder, has no pace.
-        let mut wire = br#"{"v":2,"type":"nack","blocks":[[1,2,3]],"loss":0.5}"#.to_vec();
+        let mut wire = br#"{"v":3,"type":"nack","blocks":[[1,2,3]],"loss":0.5}"#.to_vec();
         let old: ToServer = super::super::frame::decode_message(&mut wire).unwrap();
         let ToServer::Nack { writer, loss, .. } = old else {
             panic!("{old:?}")

@@ -131,6 +131,19 @@ impl SocketMessageFilter {
         })
     }
 
+    /// Attaches the same filter, with the same maps, to one more socket.
+    pub fn attach_also(&mut self, socket: impl AsFd) -> Result<(), RxError> {
+        let prog: &mut SocketFilter = self
+            .ebpf
+            .program_mut("light_sock")
+            .ok_or(RxError::MissingMap("light_sock program"))?
+            .try_into()
+            .map_err(|e| RxError::Program(Box::new(e)))?;
+        prog.attach(socket)
+            .map_err(|e| RxError::Program(Box::new(e)))?;
+        Ok(())
+    }
+
     /// See [`MessageFilter::set`].
     pub fn set(&mut self, session: u32, wanted: &[u32]) -> Result<bool, RxError> {
         self.filter.set(&mut self.ebpf, session, wanted)

@@ -32,10 +32,18 @@ pub fn ifindex(iface: &str) -> Result<u32, RxError> {
 
 /// Opens a UDP socket bound to `port` (0 for any) and joined to `group` on interface `ifindex`.
 /// It takes the datagrams of the groups joined on it alone (not those other sockets of the
-/// host joined), so [`Memberships`] can add the session's further groups to it.
+/// host joined), so [`Memberships`] can add the session's further groups beside it.
 ///
 /// Joining makes the host send IGMP/MLD reports, so switches with snooping deliver the group.
 pub fn joined_socket(group: IpAddr, port: u16, ifindex: u32) -> Result<Socket, RxError> {
+    let sock = bound_socket(group, port)?;
+    join(&sock, group, ifindex, true)?;
+    Ok(sock)
+}
+
+/// A UDP socket of `group`'s family bound to the wildcard address and `port`, taking
+/// multicast only for the groups joined on it.
+fn bound_socket(group: IpAddr, port: u16) -> Result<Socket, RxError> {
     let domain = if group.is_ipv4() {
         Domain::IPV4
     } else {
@@ -54,7 +62,6 @@ pub fn joined_socket(group: IpAddr, port: u16, ifindex: u32) -> Result<Socket, R
     .map_err(ctx("IP_MULTICAST_ALL"))?;
     let bind = SocketAddr::new(unspecified(group), port);
     sock.bind(&bind.into()).map_err(ctx("bind"))?;
-    join(&sock, group, ifindex, true)?;
     Ok(sock)
 }
 
@@ -81,38 +88,75 @@ fn join(sock: &Socket, group: IpAddr, ifindex: u32, on: bool) -> Result<(), RxEr
     }
 }
 
-/// The groups a receive socket joined besides its session's group, kept equal to what the
-/// current session's routing asks of this receiver ([`crate::coding::Routing::joins`]).
+/// Groups one socket joins: Linux allows 20 IPv4 memberships per socket by default
+/// (`net.ipv4.igmp_max_memberships`).
+const JOINS_PER_SOCKET: usize = 16;
+
+/// The session's further groups, kept equal to what the current session's routing asks of
+/// this receiver ([`crate::coding::Routing::joins`]). They are joined on sockets of their
+/// own, [`JOINS_PER_SOCKET`] at most on each, so a receiver may join more groups than one
+/// socket can hold.
 #[derive(Debug)]
 pub struct Memberships {
     ifindex: u32,
-    joined: Vec<IpAddr>,
+    /// Port the sockets bind: the data port where they receive the data, 0 where they only
+    /// hold memberships (AF_XDP takes the data).
+    port: u16,
+    /// Each socket and the groups joined on it.
+    holders: Vec<(Socket, Vec<IpAddr>)>,
 }
 
 impl Memberships {
-    /// None joined yet, on interface `ifindex`.
-    pub fn new(ifindex: u32) -> Self {
+    /// None joined yet, on interface `ifindex`, with sockets bound to `port`.
+    pub fn new(ifindex: u32, port: u16) -> Self {
         Self {
             ifindex,
-            joined: Vec::new(),
+            port,
+            holders: Vec::new(),
         }
     }
 
-    /// Leaves the groups not in `groups` and joins the new ones, with `sock`.
-    pub fn set(&mut self, sock: &Socket, groups: &[IpAddr]) -> Result<(), RxError> {
-        for &g in &self.joined {
-            if !groups.contains(&g) {
+    /// Leaves the groups not in `groups` and joins the new ones; `opened` sees each socket
+    /// opened for them before it joins anything.
+    pub fn set(
+        &mut self,
+        groups: &[IpAddr],
+        opened: &mut dyn FnMut(&Socket) -> Result<(), RxError>,
+    ) -> Result<(), RxError> {
+        for (sock, joined) in &mut self.holders {
+            for &g in joined.iter().filter(|g| !groups.contains(g)) {
                 join(sock, g, self.ifindex, false)?;
             }
+            joined.retain(|g| groups.contains(g));
         }
-        self.joined.retain(|g| groups.contains(g));
+        self.holders.retain(|(_, joined)| !joined.is_empty());
         for &g in groups {
-            if !self.joined.contains(&g) {
-                join(sock, g, self.ifindex, true)?;
-                self.joined.push(g);
+            if self.holders.iter().any(|(_, joined)| joined.contains(&g)) {
+                continue;
             }
+            let free = self
+                .holders
+                .iter()
+                .position(|(_, joined)| joined.len() < JOINS_PER_SOCKET);
+            let i = match free {
+                Some(i) => i,
+                None => {
+                    let sock = bound_socket(g, self.port)?;
+                    opened(&sock)?;
+                    self.holders.push((sock, Vec::new()));
+                    self.holders.len() - 1
+                }
+            };
+            let (sock, joined) = &mut self.holders[i];
+            join(sock, g, self.ifindex, true)?;
+            joined.push(g);
         }
         Ok(())
+    }
+
+    /// The sockets holding the groups.
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.holders.iter().map(|(sock, _)| sock)
     }
 }
 
@@ -126,8 +170,10 @@ fn unspecified(group: IpAddr) -> IpAddr {
 /// A multicast UDP socket read with `recvmmsg`.
 pub struct SocketRx {
     sock: Socket,
-    /// The session's further groups joined on `sock`.
+    /// The session's further groups, on sockets bound to the same port.
     extra: Memberships,
+    /// The descriptors read: `sock`'s, then `extra`'s.
+    fds: Vec<libc::c_int>,
     bufs: Vec<Vec<u8>>,
     stats: RxStats,
     /// The kernel-side message filter, if this process may load one.
@@ -151,9 +197,16 @@ impl SocketRx {
         let filter = SocketMessageFilter::attach(&sock)
             .inspect_err(|e| tracing::debug!(error = %e, "no socket message filter"))
             .ok();
+        // The port asked for, or the one the kernel picked for 0.
+        let port = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(port, |a| a.port());
         Ok(Self {
+            fds: vec![sock.as_raw_fd()],
             sock,
-            extra: Memberships::new(idx),
+            extra: Memberships::new(idx, port),
             bufs: vec![vec![0u8; max_datagram]; BATCH],
             stats: RxStats::default(),
             filter,
@@ -171,7 +224,17 @@ impl SocketRx {
 
     /// Listens to exactly these groups besides the session's.
     pub fn set_groups(&mut self, groups: &[IpAddr]) -> Result<(), RxError> {
-        self.extra.set(&self.sock, groups)
+        let filter = &mut self.filter;
+        let joined = self.extra.set(groups, &mut |sock| {
+            if force_rcvbuf(sock, RCVBUF).is_err() {
+                let _ = sock.set_recv_buffer_size(RCVBUF);
+            }
+            filter.as_mut().map_or(Ok(()), |f| f.attach_also(sock))
+        });
+        self.fds = std::iter::once(self.sock.as_raw_fd())
+            .chain(self.extra.sockets().map(AsRawFd::as_raw_fd))
+            .collect();
+        joined
     }
 
     /// Turns the message filter off.
@@ -199,12 +262,28 @@ impl SocketRx {
         timeout: Duration,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, RxError> {
-        let fd = self.sock.as_raw_fd();
-        read_or_wait(timeout, &mut || self.read_batch(sink), &|t| poll_in(fd, t))
+        let fds = std::mem::take(&mut self.fds);
+        let got = read_or_wait(
+            timeout,
+            &mut || {
+                let mut n = 0;
+                for &fd in &fds {
+                    n += self.read_batch(fd, sink)?;
+                }
+                Ok(n)
+            },
+            &|t| poll_in(&fds, t),
+        );
+        self.fds = fds;
+        got
     }
 
-    /// Reads what the socket holds now, up to one batch.
-    fn read_batch(&mut self, sink: &mut dyn FnMut(&[u8])) -> Result<usize, RxError> {
+    /// Reads what socket `fd` holds now, up to one batch.
+    fn read_batch(
+        &mut self,
+        fd: libc::c_int,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RxError> {
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
@@ -222,7 +301,7 @@ impl SocketRx {
         // SAFETY: every header points at a live iovec over a live buffer of the stated length.
         let n = unsafe {
             libc::recvmmsg(
-                self.sock.as_raw_fd(),
+                fd,
                 hdrs.as_mut_ptr().cast(),
                 BATCH as u32,
                 libc::MSG_DONTWAIT,
@@ -294,13 +373,15 @@ pub fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> Result<bool, RxE
     Ok(rc > 0)
 }
 
-fn poll_in(fd: libc::c_int, timeout: Duration) -> Result<bool, RxError> {
-    poll_fds(
-        &mut [libc::pollfd {
+/// Waits until any of `fds` has datagrams or `timeout` passes.
+fn poll_in(fds: &[libc::c_int], timeout: Duration) -> Result<bool, RxError> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        }],
-        timeout,
-    )
+        })
+        .collect();
+    poll_fds(&mut polled, timeout)
 }

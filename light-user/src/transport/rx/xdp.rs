@@ -445,7 +445,7 @@ pub struct XdpRx {
     program: XdpProgram,
     /// Holds the group memberships (IGMP/MLD reports); the data goes to AF_XDP.
     membership: StdSocket,
-    /// The session's further groups joined on `membership`.
+    /// The session's further groups, on sockets that only hold them too.
     extra: Memberships,
     port: u16,
     stats: RxStats,
@@ -511,7 +511,7 @@ impl XdpRx {
             queues,
             program,
             membership,
-            extra: Memberships::new(idx),
+            extra: Memberships::new(idx, 0),
             port,
             stats: RxStats::default(),
         })
@@ -524,11 +524,12 @@ impl XdpRx {
             queues,
             program,
             membership,
+            extra,
             ..
         } = self;
         std::thread::scope(|s| {
             s.spawn(move || drop(program));
-            s.spawn(move || drop(membership));
+            s.spawn(move || drop((membership, extra)));
             // The sockets stay on this thread (xdpilone's UMEM is not Send).
             drop(queues);
         });
@@ -536,7 +537,7 @@ impl XdpRx {
 
     /// Listens to exactly these groups besides the session's.
     pub fn set_groups(&mut self, groups: &[IpAddr]) -> Result<(), RxError> {
-        self.extra.set(&self.membership, groups)
+        self.extra.set(groups, &mut |_| Ok(()))
     }
 
     /// Human-readable description of the path in use.
