@@ -231,7 +231,7 @@ async fn wrong_version_malformed_unknown_and_out_of_order_are_refused() {
     let err = refusal_of(wire).await;
     assert_eq!(
         err.to_string(),
-        "unsupported protocol version 7 (this build speaks 2)"
+        "unsupported protocol version 7 (this build speaks 3)"
     );
 
     let mut wire = Vec::new();

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 7700)]
     port: u16,
     /// Further multicast groups, counted up from --group in its low 16 bits, for coded
-    /// messages only some receivers need: each receiver joins just its own (at most 16),
+    /// messages only some receivers need: each receiver joins just its own (at most 64),
     /// so switches with IGMP/MLD snooping and the receivers' NICs drop the rest. 0 sends
     /// everything on --group.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_GROUPS)))]

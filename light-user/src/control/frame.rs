@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn bad_json_is_refused_with_reason() {
         assert!(matches!(
-            decode_raw::<ToServer>(r#"{"v":2,"type":"hello""#),
+            decode_raw::<ToServer>(r#"{"v":3,"type":"hello""#),
             ControlError::MalformedJson(_)
         ));
         assert!(matches!(
@@ -423,36 +423,36 @@ mod tests {
             decode_raw::<ToServer>(r#"{"type":"heartbeat"}"#),
             ControlError::MissingVersion
         ));
-        let e = decode_raw::<ToServer>(r#"{"v":3,"type":"heartbeat"}"#);
+        let e = decode_raw::<ToServer>(r#"{"v":2,"type":"heartbeat"}"#);
         assert_eq!(
             e.to_string(),
-            "unsupported protocol version 3 (this build speaks 2)"
+            "unsupported protocol version 2 (this build speaks 3)"
         );
         assert!(matches!(
             decode_raw::<ToServer>(r#"{"v":"1","type":"heartbeat"}"#),
             ControlError::UnsupportedVersion { .. }
         ));
         assert!(matches!(
-            decode_raw::<ToServer>(r#"{"v":2}"#),
+            decode_raw::<ToServer>(r#"{"v":3}"#),
             ControlError::MissingType
         ));
         // A server→receiver type is unknown in the other direction.
         assert!(matches!(
-            decode_raw::<ToServer>(r#"{"v":2,"type":"accepted","session":1}"#),
+            decode_raw::<ToServer>(r#"{"v":3,"type":"accepted","session":1}"#),
             ControlError::UnknownType(t) if t == "accepted"
         ));
-        let e = decode_raw::<ToServer>(r#"{"v":2,"type":"progress","bytes":-1}"#);
+        let e = decode_raw::<ToServer>(r#"{"v":3,"type":"progress","bytes":-1}"#);
         assert!(
             matches!(&e, ControlError::InvalidMessage { ty, .. } if ty == "progress"),
             "{e}"
         );
         assert!(matches!(
-            decode_raw::<ToServer>(r#"{"v":2,"type":"cache_resume"}"#),
+            decode_raw::<ToServer>(r#"{"v":3,"type":"cache_resume"}"#),
             ControlError::InvalidMessage { .. }
         ));
         assert!(matches!(
             decode_raw::<ToReceiver>(
-                r#"{"v":2,"type":"cache_begin","len":1,"blake3":"00","tag":{"library":"a","placement":"b"}}"#
+                r#"{"v":3,"type":"cache_begin","len":1,"blake3":"00","tag":{"library":"a","placement":"b"}}"#
             ),
             ControlError::InvalidMessage { .. }
         ));
