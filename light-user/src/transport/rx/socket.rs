@@ -102,8 +102,16 @@ pub struct Memberships {
     /// Port the sockets bind: the data port where they receive the data, 0 where they only
     /// hold memberships (AF_XDP takes the data).
     port: u16,
-    /// Each socket and the groups joined on it.
-    holders: Vec<(Socket, Vec<IpAddr>)>,
+    holders: Vec<Holder>,
+}
+
+/// One socket of [`Memberships`].
+#[derive(Debug)]
+struct Holder {
+    sock: Socket,
+    joined: Vec<IpAddr>,
+    /// The kernel refused it a further membership.
+    full: bool,
 }
 
 impl Memberships {
@@ -123,40 +131,60 @@ impl Memberships {
         groups: &[IpAddr],
         opened: &mut dyn FnMut(&Socket) -> Result<(), RxError>,
     ) -> Result<(), RxError> {
-        for (sock, joined) in &mut self.holders {
-            for &g in joined.iter().filter(|g| !groups.contains(g)) {
-                join(sock, g, self.ifindex, false)?;
+        for h in &mut self.holders {
+            for &g in h.joined.iter().filter(|g| !groups.contains(g)) {
+                join(&h.sock, g, self.ifindex, false)?;
+                h.full = false;
             }
-            joined.retain(|g| groups.contains(g));
+            h.joined.retain(|g| groups.contains(g));
         }
-        self.holders.retain(|(_, joined)| !joined.is_empty());
+        self.holders.retain(|h| !h.joined.is_empty());
         for &g in groups {
-            if self.holders.iter().any(|(_, joined)| joined.contains(&g)) {
+            if self.holders.iter().any(|h| h.joined.contains(&g)) {
                 continue;
             }
-            let free = self
-                .holders
-                .iter()
-                .position(|(_, joined)| joined.len() < JOINS_PER_SOCKET);
-            let i = match free {
-                Some(i) => i,
-                None => {
-                    let sock = bound_socket(g, self.port)?;
-                    opened(&sock)?;
-                    self.holders.push((sock, Vec::new()));
-                    self.holders.len() - 1
+            // Ends: each turn joins, fails, or marks a socket that holds groups full.
+            loop {
+                let free = self
+                    .holders
+                    .iter()
+                    .position(|h| !h.full && h.joined.len() < JOINS_PER_SOCKET);
+                let i = match free {
+                    Some(i) => i,
+                    None => {
+                        let sock = bound_socket(g, self.port)?;
+                        opened(&sock)?;
+                        self.holders.push(Holder {
+                            sock,
+                            joined: Vec::new(),
+                            full: false,
+                        });
+                        self.holders.len() - 1
+                    }
+                };
+                let h = &mut self.holders[i];
+                match join(&h.sock, g, self.ifindex, true) {
+                    Ok(()) => {
+                        h.joined.push(g);
+                        break;
+                    }
+                    // The host allows fewer memberships per socket than we assumed
+                    // (`net.ipv4.igmp_max_memberships`): the next socket takes the group.
+                    Err(RxError::Socket { source, .. })
+                        if source.raw_os_error() == Some(libc::ENOBUFS) && !h.joined.is_empty() =>
+                    {
+                        h.full = true;
+                    }
+                    Err(e) => return Err(e),
                 }
-            };
-            let (sock, joined) = &mut self.holders[i];
-            join(sock, g, self.ifindex, true)?;
-            joined.push(g);
+            }
         }
         Ok(())
     }
 
     /// The sockets holding the groups.
     pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
-        self.holders.iter().map(|(sock, _)| sock)
+        self.holders.iter().map(|h| &h.sock)
     }
 }
 
