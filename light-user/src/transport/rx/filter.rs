@@ -107,6 +107,14 @@ pub fn counter(ebpf: &Ebpf, c: Counter) -> Result<u64, RxError> {
     Ok(v.iter().sum())
 }
 
+/// The object's `light_sock` socket filter program.
+fn sock_program(ebpf: &mut Ebpf) -> Result<&mut SocketFilter, RxError> {
+    ebpf.program_mut("light_sock")
+        .ok_or(RxError::MissingMap("light_sock program"))?
+        .try_into()
+        .map_err(|e| RxError::Program(Box::new(e)))
+}
+
 /// The `light_sock` socket filter attached to one socket, with its maps.
 pub struct SocketMessageFilter {
     ebpf: Ebpf,
@@ -117,11 +125,7 @@ impl SocketMessageFilter {
     /// Loads the object and attaches its socket filter to `socket` (needs CAP_BPF or root).
     pub fn attach(socket: impl AsFd) -> Result<Self, RxError> {
         let mut ebpf = load_object()?;
-        let prog: &mut SocketFilter = ebpf
-            .program_mut("light_sock")
-            .ok_or(RxError::MissingMap("light_sock program"))?
-            .try_into()
-            .map_err(|e| RxError::Program(Box::new(e)))?;
+        let prog = sock_program(&mut ebpf)?;
         prog.load().map_err(|e| RxError::Program(Box::new(e)))?;
         prog.attach(socket)
             .map_err(|e| RxError::Program(Box::new(e)))?;
@@ -133,13 +137,8 @@ impl SocketMessageFilter {
 
     /// Attaches the same filter, with the same maps, to one more socket.
     pub fn attach_also(&mut self, socket: impl AsFd) -> Result<(), RxError> {
-        let prog: &mut SocketFilter = self
-            .ebpf
-            .program_mut("light_sock")
-            .ok_or(RxError::MissingMap("light_sock program"))?
-            .try_into()
-            .map_err(|e| RxError::Program(Box::new(e)))?;
-        prog.attach(socket)
+        sock_program(&mut self.ebpf)?
+            .attach(socket)
             .map_err(|e| RxError::Program(Box::new(e)))?;
         Ok(())
     }
