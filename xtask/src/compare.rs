@@ -142,6 +142,12 @@ pub struct CompareArgs {
     /// the receivers see MTU-sized packets as on a real wire.
     #[arg(long)]
     pub keep_udp_gso: bool,
+    /// Caps the server's link at this many Mbit/s (a `tbf` qdisc on its egress), as a LAN
+    /// port does: the run is then bound by the wire, not by the 2 test cores all hosts
+    /// share. Receivers' links stay uncapped (none carries more than the server's). Give the
+    /// peers matching rates, e.g. `--uftp-rate-kbps 950000,1000000 --udpcast-bitrate 950m`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub link_mbit: Option<u32>,
     /// Longest one transfer may take, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -289,6 +295,7 @@ struct Results<'a> {
     light_args: &'a str,
     light_receive_args: &'a str,
     keep_udp_gso: bool,
+    link_mbit: Option<u32>,
     rows: &'a [Row],
 }
 
@@ -374,6 +381,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             if !a.keep_udp_gso {
                 bed.segment_server_gso()?;
             }
+            if let Some(mbit) = a.link_mbit {
+                bed.cap_server_link(mbit)?;
+            }
             for &scenario in &a.scenarios {
                 let start = rows.len();
                 let variants = variants(&a.tools, &a.uftp_rate_kbps, scenario, k);
@@ -440,7 +450,13 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         }
     }
     let _ = fs::remove_dir_all(work.join("run"));
-    let md = report::markdown(&rows);
+    let mut md = report::markdown(&rows);
+    if let Some(mbit) = a.link_mbit {
+        md.insert_str(
+            0,
+            &format!("Server link capped at {mbit} Mbit/s (tbf).\n\n"),
+        );
+    }
     let json = serde_json::to_string_pretty(&Results {
         file_bytes,
         reps: a.reps,
@@ -450,6 +466,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         light_args: &a.light_args,
         light_receive_args: &a.light_receive_args,
         keep_udp_gso: a.keep_udp_gso,
+        link_mbit: a.link_mbit,
         rows: &rows,
     })?;
     fs::write(out.join("e2e.json"), json)?;

@@ -250,6 +250,33 @@ impl Testbed {
         .context("segment UDP GSO on the server link")
     }
 
+    /// Caps the server's egress at `mbit` Mbit/s with a token bucket, as a LAN port of that
+    /// speed does. The bucket holds 256 KiB, so a UDP GSO batch (up to 64 KiB) passes whole,
+    /// and the queue 8 MiB: a sender outrunning the link is held back by its socket buffer
+    /// or gets ENOBUFS before the queue drops anything.
+    pub fn cap_server_link(&self, mbit: u32) -> Result<()> {
+        let s = &self.server;
+        in_ns(
+            &s.ns,
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &s.iface,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{mbit}mbit"),
+                "burst",
+                "256kb",
+                "limit",
+                "8mb",
+            ],
+        )
+        .with_context(|| format!("cap the server link at {mbit} Mbit/s"))
+    }
+
     /// Waits up to `timeout` until the bridge forwards `group` to `receiver` (it has seen
     /// the receiver's IGMP/MLD join).
     pub fn wait_for_member(
