@@ -425,6 +425,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                             demands: &demands,
                             dir: &work.join("run"),
                             fill_ahead: scenario == Scenario::Cached,
+                            link_mbit: a.link_mbit,
                         };
                         let loss = (scenario == Scenario::Loss).then_some(a.loss_per_mille);
                         let r = one_rep(tool, &job, &settings, loss, &hashes, file_bytes);

@@ -277,6 +277,13 @@ impl Testbed {
         .with_context(|| format!("cap the server link at {mbit} Mbit/s"))
     }
 
+    /// Lifts the cap [`Testbed::cap_server_link`] set.
+    pub fn uncap_server_link(&self) -> Result<()> {
+        let s = &self.server;
+        in_ns(&s.ns, &["tc", "qdisc", "del", "dev", &s.iface, "root"])
+            .context("lift the server link's cap")
+    }
+
     /// Waits up to `timeout` until the bridge forwards `group` to `receiver` (it has seen
     /// the receiver's IGMP/MLD join).
     pub fn wait_for_member(

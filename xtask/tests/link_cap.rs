@@ -1,6 +1,7 @@
 //! The bench's link cap (`--link-mbit`) really holds the server to that rate: UDP blasted
 //! from the server as fast as a blocking socket takes it arrives at a receiver no faster
-//! than the token bucket lets it. Needs root (network namespaces); CI runs as root.
+//! than the token bucket lets it, and lifting the cap removes it. Needs root (network
+//! namespaces); CI runs as root.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -70,4 +71,20 @@ fn capped_server_link_paces_what_arrives() {
         span.as_secs_f64() >= 0.9 * floor_s,
         "{got} datagrams arrived in {span:?}, faster than {MBIT} Mbit/s allows ({floor_s:.2} s)"
     );
+
+    // The bench lifts the cap for the untimed cache fill: nothing of it may stay behind.
+    bed.uncap_server_link().unwrap();
+    let out = std::process::Command::new("tc")
+        .args([
+            "-n",
+            &bed.server.ns,
+            "qdisc",
+            "show",
+            "dev",
+            &bed.server.iface,
+        ])
+        .output()
+        .unwrap();
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !qdiscs.contains("tbf"), "{qdiscs}");
 }

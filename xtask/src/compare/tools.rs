@@ -107,6 +107,9 @@ pub struct Job<'a> {
     /// Light fills its receivers' caches before the timed run (`light cache fill`), as a
     /// deployment does off-peak; the timed run is the delivery session alone.
     pub fill_ahead: bool,
+    /// The server link's cap in Mbit/s, if any: lifted while caches are filled ahead (not
+    /// timed, off-peak), so a capped bench does not spend minutes on placement.
+    pub link_mbit: Option<u32>,
 }
 
 /// What a finished transfer measured (the copies are not verified yet).
@@ -233,8 +236,9 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, rx: LightRx) -> Result<Measur
             &bed.server.iface,
             "--rate",
             "max",
+            // The wait covers the untimed cache fill too; the bench's own timeout bounds it.
             "--wait",
-            "60",
+            &s.timeout.as_secs().to_string(),
             "--mtu",
             &job.mtu.to_string(),
         ])
@@ -247,23 +251,15 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, rx: LightRx) -> Result<Measur
     let mut server = Proc::spawn(cmd, "light-serve", &logs)?;
     let (mut wire_from, mut fill_cpu_s) = (None, 0.0);
     if job.fill_ahead {
-        let mut fills = Vec::new();
-        for (r, host) in bed.receivers.iter().enumerate() {
-            let mut cmd = ns_cmd(host, &s.light_bin);
-            cmd.args(["cache", "fill", &(r + 1).to_string(), "--server", &ctl])
-                .arg("--cache-dir")
-                .arg(job.dir.join(format!("cache-{r}")));
-            fills.push(Proc::spawn(cmd, &format!("light-fill-{r}"), &logs)?);
+        if job.link_mbit.is_some() {
+            bed.uncap_server_link()?;
         }
-        let mut refs: Vec<&mut Proc> = fills.iter_mut().collect();
-        match wait_all(&mut refs, Instant::now() + s.timeout) {
-            Ok(()) => {}
-            Err(WaitError::Timeout) => bail!("light cache fill timed out"),
-            Err(WaitError::Failed(i)) => {
-                let e = refs[i].poll().context("a failed fill has an exit")?;
-                bail!("{}", describe(refs[i], e));
-            }
+        let filled = fill_caches(job, s, &ctl, &logs);
+        // Capped again whatever the fill did: later runs on this testbed expect the cap.
+        if let Some(mbit) = job.link_mbit {
+            bed.cap_server_link(mbit)?;
         }
+        filled?;
         eprintln!(
             "compare:   caches filled ahead in {:.2} s (not timed)",
             t0.elapsed().as_secs_f64()
@@ -305,6 +301,27 @@ fn light(job: &Job<'_>, s: &Settings, cache: &str, rx: LightRx) -> Result<Measur
     m.wire_from = wire_from;
     m.report = serde_json::from_str(server.stdout_text().trim()).ok();
     Ok(m)
+}
+
+/// Runs `light cache fill` on every receiver, all at once, and waits for them.
+fn fill_caches(job: &Job<'_>, s: &Settings, ctl: &str, logs: &Path) -> Result<()> {
+    let mut fills = Vec::new();
+    for (r, host) in job.bed.receivers.iter().enumerate() {
+        let mut cmd = ns_cmd(host, &s.light_bin);
+        cmd.args(["cache", "fill", &(r + 1).to_string(), "--server", ctl])
+            .arg("--cache-dir")
+            .arg(job.dir.join(format!("cache-{r}")));
+        fills.push(Proc::spawn(cmd, &format!("light-fill-{r}"), logs)?);
+    }
+    let mut refs: Vec<&mut Proc> = fills.iter_mut().collect();
+    match wait_all(&mut refs, Instant::now() + s.timeout) {
+        Ok(()) => Ok(()),
+        Err(WaitError::Timeout) => bail!("light cache fill timed out"),
+        Err(WaitError::Failed(i)) => {
+            let e = refs[i].poll().context("a failed fill has an exit")?;
+            bail!("{}", describe(refs[i], e));
+        }
+    }
 }
 
 /// Indexes a library with `light pack` (content ids, chunk hashes), as a deployment does once
