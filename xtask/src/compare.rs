@@ -145,7 +145,7 @@ pub struct CompareArgs {
     /// Caps the server's link at this many Mbit/s (a `tbf` qdisc on its egress), as a LAN
     /// port does: the run is then bound by the wire, not by the 2 test cores all hosts
     /// share. Receivers' links stay uncapped (none carries more than the server's). Give the
-    /// peers matching rates, e.g. `--uftp-rate-kbps 950000,1000000 --udpcast-bitrate 950m`.
+    /// peers matching rates, e.g. `--uftp-rate-kbps 950000,-1 --udpcast-bitrate 950m`.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub link_mbit: Option<u32>,
     /// Longest one transfer may take, in seconds.

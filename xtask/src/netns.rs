@@ -252,8 +252,9 @@ impl Testbed {
 
     /// Caps the server's egress at `mbit` Mbit/s with a token bucket, as a LAN port of that
     /// speed does. The bucket holds 256 KiB, so a UDP GSO batch (up to 64 KiB) passes whole,
-    /// and the queue 8 MiB: a sender outrunning the link is held back by its socket buffer
-    /// or gets ENOBUFS before the queue drops anything.
+    /// and the queue 8 MiB: a sender outrunning the link with a smaller socket buffer (Light
+    /// and UFTP ask for 4 MiB) is held back by it, or gets ENOBUFS, rather than losing
+    /// packets in the queue.
     pub fn cap_server_link(&self, mbit: u32) -> Result<()> {
         let s = &self.server;
         in_ns(
